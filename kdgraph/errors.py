@@ -1,0 +1,87 @@
+"""User-facing errors: each carries every problem found, with its dotted YAML path and line.
+
+Anything that derives from ``KDGraphError`` is printed by the CLI as plain lines (no traceback)
+and ends the process with exit status 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a graph file, a checkpoint or a run, located as precisely as we can."""
+
+    path: str  # dotted path inside the graph file, e.g. "nodes.student.net" or "edges[2].to"
+    message: str
+    line: int | None = None
+    file: str | None = None
+    hint: str | None = None  # the fix, e.g. "did you mean 'resnet8x4'?"
+
+    def format(self) -> str:
+        where = self.file or "<graph>"
+        if self.line is not None:
+            where += f":{self.line}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class KDGraphError(Exception):
+    """Base of every error the CLI reports as clean lines with exit status 2."""
+
+    exit_code = 2
+
+    def lines(self) -> list[str]:
+        return [str(self)]
+
+
+class SpecError(KDGraphError):
+    """All problems of a graph file at once."""
+
+    def __init__(self, problems: list[Problem] | Problem | str):
+        if isinstance(problems, str):
+            problems = [Problem("", problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: list[Problem] = list(problems)
+        super().__init__("\n".join(p.format() for p in self.problems))
+
+    def lines(self) -> list[str]:
+        return [p.format() for p in self.problems]
+
+
+class PlanError(SpecError):
+    """The graph is well-formed but cannot be planned (cycle, unreachable node, dead loss)."""
+
+
+class NodeError(KDGraphError):
+    """A node or a loss edge failed while running; names it and says what it received."""
+
+    def __init__(self, what: str, message: str):
+        self.what = what
+        super().__init__(f"{what}: {message}")
+
+
+class DataError(KDGraphError):
+    """A dataset is missing or unreadable."""
+
+
+class CheckpointError(KDGraphError):
+    """A checkpoint is missing, corrupt or does not fit the graph."""
+
+
+class RunError(KDGraphError):
+    """A run cannot start or continue (existing run dir, NaN loss, failed write)."""
+
+
+def did_you_mean(name: str, known: list[str] | tuple[str, ...] | set[str], n: int = 3) -> str | None:
+    """A hint naming the closest known names, or None when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), sorted(known), n=n, cutoff=0.5)
+    if not close:
+        return None
+    return "did you mean " + " or ".join(repr(c) for c in close) + "?"

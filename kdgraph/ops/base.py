@@ -1,0 +1,36 @@
+"""The contract between operation nodes and the engine.
+
+An op is an ``nn.Module`` class registered with ``@register_op("name")``. The graph file's extra
+keys on the node are its constructor's keyword arguments. The engine also passes, when the
+constructor declares them:
+
+* ``in_info: list[PortInfo]``: what each input port carries (kind, channels, stride), so an op sizes
+  its layers at build time (a connector from 64 to 256 channels);
+* ``num_classes: int``: the dataset's class count;
+* ``nodes: Mapping[str, nn.Module]``: the networks built before it (``call`` applies one of their
+  submodules with their weights; such references must not be registered as submodules).
+
+``forward(*inputs)`` receives the ``in:`` ports in order and returns one tensor (port ``out``) or a
+dict of ports; ``outputs`` lists the port names. Optional hooks:
+
+* ``port_info() -> dict[str, PortInfo]`` after construction (default: ``out`` of kind "any");
+* ``set_epoch(epoch)``: called at the start of every epoch (epochs count from 1) for scheduled
+  parameters, which reach the constructor as ``Schedule`` objects;
+* ``fit_begin()``, ``fit_step(*inputs)``, ``fit_end()``: a data-dependent fit over the training set
+  with no gradient, run for the nodes a stage names under ``fit:`` (KCD's channel matching).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..registry import PortInfo
+
+
+class Op(nn.Module):
+    """Optional base class of ops: one output port ``out`` of unknown shape."""
+
+    outputs: tuple[str, ...] = ("out",)
+
+    def port_info(self) -> dict[str, PortInfo]:
+        return {name: PortInfo() for name in self.outputs}
