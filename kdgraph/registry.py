@@ -17,8 +17,9 @@ be among its keyword parameters. The first line of the docstring is the one-line
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import did_you_mean
 
@@ -57,9 +58,7 @@ class Entry:
     def parameters(self) -> dict[str, inspect.Parameter]:
         """Keyword parameters a graph file may set (positional-only and *args excluded)."""
         return {
-            p.name: p
-            for p in self.signature.parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            p.name: p for p in self.signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
 
     def accepts_any_keyword(self) -> bool:

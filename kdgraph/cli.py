@@ -1,0 +1,258 @@
+"""kdgraph run | validate | plan | list | draw | plot | export.
+
+Bad input is reported as plain lines on stderr (file:line: path: what (fix)) with exit status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import KDGraphError, SpecError
+
+
+def _split_args(items: list[str]) -> tuple[list[str], list[str]]:
+    """Graph files and overrides (anything with '=' or a leading '~'/'+') from one argument list."""
+    files, overrides = [], []
+    for item in items:
+        (overrides if ("=" in item or item.startswith(("~", "+"))) else files).append(item)
+    return files, overrides
+
+
+def _data_info(spec):
+    from .data import data_info_of
+    from .graph import DataInfo
+
+    return DataInfo(*data_info_of(spec.data))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .graph import dry_run
+    from .spec import dump_resolved, load_spec
+
+    files, overrides = _split_args(args.items)
+    if not files:
+        raise SpecError("name at least one graph file")
+    failed: list[str] = []
+    for f in files:
+        try:
+            spec = load_spec(f, overrides)
+            if not args.no_dry_run:
+                dry_run(spec, _data_info(spec))
+            else:
+                from .graph import DistillGraph
+
+                DistillGraph(spec, _data_info(spec))
+        except KDGraphError as e:
+            failed.extend(e.lines())
+            continue
+        if args.resolved:
+            print(dump_resolved(spec), end="")
+        else:
+            print(f"{f}: ok ({len(spec.nodes)} nodes, {len(spec.edges)} edges, {len(spec.stages)} stage(s))")
+    if failed:
+        for line in failed:
+            print(line, file=sys.stderr)
+        return 2
+    return 0
+
+
+def _count(n: int) -> str:
+    return f"{n:,}" if n else "-"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .graph import DistillGraph
+    from .spec import load_spec
+
+    files, overrides = _split_args(args.items)
+    if len(files) != 1:
+        raise SpecError("plan takes one graph file")
+    spec = load_spec(files[0], overrides)
+    graph = DistillGraph(spec, _data_info(spec))
+    plan = graph.plan
+    print(f"{spec.name}: {spec.title}")
+    for stage in plan.stages:
+        stage_spec = spec.stages[stage.index]
+        print(f"\nstage {stage.name} ({stage_spec.epochs} epochs; losses: {', '.join(stage.edges) or 'none'})")
+        rows = [("order", "node", "kind", "trainable", "no_grad", "parameters", "freed after")]
+        node_steps = [s for s in stage.program if s.kind == "node"]
+        for i, step in enumerate(node_steps, 1):
+            node = spec.nodes[step.name]
+            freed = [s.name for s in stage.program if any(k.startswith(f"{step.name}.") for k in s.free)]
+            rows.append(
+                (
+                    str(i),
+                    step.name,
+                    f"{node.kind} {node.type}",
+                    "yes" if step.name in stage.trainable else ("frozen" if plan.params[step.name] else "-"),
+                    "yes" if step.no_grad else "no",
+                    _count(plan.params[step.name]),
+                    freed[-1] if freed else "-",
+                )
+            )
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        for r in rows:
+            print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        if stage.fit:
+            print(f"  fits: {', '.join(stage.fit)}")
+        print(f"  param groups: {', '.join(stage.trainable) or 'none'} (one per node)")
+        print(f"  evaluates: {', '.join(stage.eval_ports) or 'nothing'}")
+    if plan.deploy:
+        deployed = sum(plan.params[n] for n in plan.deploy_nodes)
+        shown = _deployed_params(graph)
+        print(
+            f"\ndeploy {plan.deploy}: nodes {', '.join(plan.deploy_nodes)}; {shown if shown is not None else deployed:,}"
+            " deployed parameters"
+        )
+    return 0
+
+
+def _deployed_params(graph) -> int | None:
+    try:
+        from .export import deployed_parameter_count
+    except ImportError:
+        return None
+    return deployed_parameter_count(graph)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import REGISTRIES, load_builtins
+
+    load_builtins()
+    if getattr(args, "markdown", False):
+        from .docs import reference_markdown
+
+        text = reference_markdown()
+        if args.output:
+            Path(args.output).write_text(text)
+            print(f"wrote {args.output}")
+        else:
+            print(text, end="")
+        return 0
+    kinds = [args.kind] if args.kind else ["nets", "ops", "losses"]
+    for kind in kinds:
+        registry = REGISTRIES[kind]
+        print(f"{kind} ({len(registry.names())}):")
+        width = max((len(n) for n in registry.names()), default=0)
+        for entry in registry.entries():
+            extra = ""
+            if kind == "nets" and args.details:
+                extra = _net_details(entry)
+            print(f"  {entry.name.ljust(width)}  {entry.description}{extra}")
+    return 0
+
+
+def _net_details(entry) -> str:
+    import torch
+
+    from .nets.base import PortNet
+
+    try:
+        with torch.device("meta"):
+            net = entry.obj(**({"num_classes": 100} if "num_classes" in entry.parameters() else {}))
+    except Exception as e:  # a net that cannot be built with defaults: say so, keep listing
+        return f"  [cannot build with defaults: {e}]"
+    count = sum(p.numel() for p in net.parameters())
+    ports = list(net.port_info()) if isinstance(net, PortNet) else ["logits"]
+    return f"  [{count:,} params; ports {', '.join(ports)}]"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+    from .train import Trainer, new_run_dir
+
+    files, overrides = _split_args(args.items)
+    if args.resume:
+        if files or overrides:
+            raise SpecError("--resume RUN_DIR takes no graph file or overrides: they are read from the run")
+        import json
+
+        run_dir = Path(args.resume)
+        info_path = run_dir / "run.json"
+        if not info_path.exists():
+            raise SpecError(f"{run_dir} is not a run directory (no run.json)")
+        info = json.loads(info_path.read_text())
+        spec = load_spec(info["source"], info["overrides"])
+        trainer = Trainer(spec, run_dir, resume=True)
+    else:
+        if len(files) != 1:
+            raise SpecError("run takes one graph file (and key=value overrides)")
+        spec = load_spec(files[0], overrides)
+        run_dir = new_run_dir(spec, args.out, args.force)
+        trainer = Trainer(spec, run_dir)
+    print(f"run {spec.name} -> {run_dir}")
+    summary = trainer.run()
+    final = summary.get("final", {}).get("top1", {})
+    for port, top1 in final.items():
+        best = summary["best_top1"].get(port, top1)
+        print(f"{port}: top-1 {top1:.2f}% (best {best:.2f}%)")
+    print(f"done: {run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdgraph", description="Declarative graph-of-networks knowledge distillation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a graph file (or resume a run)")
+    run.add_argument("items", nargs="*", metavar="GRAPH|key=value", help="graph file and overrides")
+    run.add_argument("--out", help="run directory (default runs/<name>/<time>)")
+    run.add_argument("--force", action="store_true", help="overwrite a non-empty --out directory")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="schema, meaning and a dry run on a tiny batch")
+    val.add_argument("items", nargs="+", metavar="GRAPH|key=value")
+    val.add_argument("--resolved", action="store_true", help="print the resolved graph (vars, overrides, extends)")
+    val.add_argument("--no-dry-run", action="store_true", help="skip the shape-checking dry run")
+    val.set_defaults(func=cmd_validate)
+
+    pl = sub.add_parser("plan", help="show the execution plan of each stage")
+    pl.add_argument("items", nargs="+", metavar="GRAPH|key=value")
+    pl.set_defaults(func=cmd_plan)
+
+    ls = sub.add_parser("list", help="list registered nets, ops and losses")
+    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses"])
+    ls.add_argument("--details", action="store_true", help="nets: parameter counts and ports")
+    ls.add_argument("--markdown", action="store_true", help="the reference documentation as Markdown")
+    ls.add_argument("-o", "--output", help="with --markdown: write to this file")
+    ls.set_defaults(func=cmd_list)
+
+    for register in _extra_commands():
+        register(sub)
+    return p
+
+
+def _extra_commands() -> list[Any]:
+    """Commands that live in their own modules (draw, plot, export), when present."""
+    found = []
+    for module_name in ("draw", "plot", "export"):
+        try:
+            module = __import__(f"kdgraph.{module_name}", fromlist=["register_cli"])
+        except ImportError:
+            continue
+        if hasattr(module, "register_cli"):
+            found.append(module.register_cli)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KDGraphError as e:
+        for line in e.lines():
+            print(line, file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""DistillGraph: the planned graph as one nn.Module, walked like a torch.fx Interpreter.
+
+Each node runs once per step, in planned order, under ``no_grad`` when nothing downstream needs
+its gradient; each loss is computed right after the last node it reads; every value is dropped
+after its last use. Errors name the node or edge that failed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import NodeError, PlanError, SpecError
+from .nets.base import PortNet
+from .plan import DATA, NodeFacts, Plan, StagePlan, Step, make_plan, node_of, topo_order
+from .registry import LOSSES, NETS, OPS, PortInfo, load_builtins
+from .spec import ENGINE_ARGS, EdgeSpec, GraphSpec, NodeSpec
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the networks need to know of the data before they are built."""
+
+    num_classes: int
+    channels: int
+    image_size: int
+
+
+def _accepts(obj: Any, name: str) -> bool:
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    params = inspect.signature(target).parameters
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _schedules_to_objects(params: dict[str, Any]) -> dict[str, Any]:
+    from .schedule import Schedule, is_schedule_spec
+
+    return {k: Schedule.from_spec(v) if is_schedule_spec(v) else v for k, v in params.items()}
+
+
+class DistillGraph(nn.Module):
+    """Every node of a graph file as one module; ``forward`` runs one training step's program."""
+
+    def __init__(self, spec: GraphSpec, data: DataInfo):
+        super().__init__()
+        load_builtins()
+        self.spec, self.data_info = spec, data
+        self.nodes = nn.ModuleDict()
+        self._taps: dict[str, dict[str, torch.Tensor]] = {}
+        facts: dict[str, NodeFacts] = {}
+        problems = []
+        for name in topo_order(spec):
+            try:
+                module, ports = self._build(spec.nodes[name], facts)
+            except SpecError as e:
+                problems += e.problems
+                continue
+            self.nodes[name] = module
+            stops = bool(getattr(module, "stops_gradient", False)) or spec.nodes[name].type == "detach"
+            facts[name] = NodeFacts(ports, sum(p.numel() for p in module.parameters()), stops)
+        if problems:
+            raise SpecError(problems)
+        self.facts = facts
+        self.plan: Plan = make_plan(spec, facts)
+        self._loss_fns = {e.name: LOSSES.get(e.loss).obj for e in spec.edges}
+        self._loss_takes_labels = {e.name: _accepts(LOSSES.get(e.loss).obj, "labels") for e in spec.edges}
+        self._edges = {e.name: e for e in spec.edges}
+        self._epoch_params: dict[str, dict[str, Any]] = {}
+        self._weights: dict[str, float] = {}
+        self.stage: StagePlan = self.plan.stages[0]
+        self.set_epoch(1)
+
+    # ------------------------------------------------------------------ building
+
+    def _build(self, node: NodeSpec, facts: dict[str, NodeFacts]) -> tuple[nn.Module, dict[str, PortInfo]]:
+        registry = NETS if node.kind == "net" else OPS
+        entry = registry.get(node.type)
+        kwargs = _schedules_to_objects(dict(node.params)) if node.kind == "op" else dict(node.params)
+        engine = {
+            "num_classes": self.data_info.num_classes,
+            "in_channels": self.data_info.channels,
+            "image_size": self.data_info.image_size,
+        }
+        if node.kind == "op":
+            engine["in_info"] = [self._port_info(p, facts) for p in node.inputs]
+            engine["nodes"] = _NodeView(self.nodes)
+        for key, value in engine.items():
+            if key not in kwargs and key in entry.parameters():
+                kwargs[key] = value
+        try:
+            module = entry.obj(**kwargs)
+        except Exception as e:  # a constructor's complaint is the user's bad parameter
+            shown = {k: v for k, v in kwargs.items() if k not in ENGINE_ARGS}
+            raise SpecError(
+                [
+                    self.spec.problem(
+                        ("nodes", node.name),
+                        f"cannot build {node.kind} {node.type!r} with {shown}: {type(e).__name__}: {e}",
+                    )
+                ]
+            ) from None
+        if node.kind == "net":
+            ports = (
+                module.port_info()
+                if isinstance(module, PortNet)
+                else {"logits": PortInfo("logits", self.data_info.num_classes)}
+            )
+        else:
+            ports = (
+                module.port_info()
+                if hasattr(module, "port_info")
+                else {o: PortInfo() for o in getattr(module, "outputs", ("out",))}
+            )
+        ports = dict(ports)
+        for tap, path in node.taps.items():
+            try:
+                sub = module.get_submodule(path)
+            except AttributeError:
+                names = [n for n, _ in module.named_modules() if n]
+                from .errors import did_you_mean
+
+                raise SpecError(
+                    [
+                        self.spec.problem(
+                            ("nodes", node.name, "taps", tap),
+                            f"no module {path!r} in {node.type!r}",
+                            did_you_mean(path, names),
+                        )
+                    ]
+                ) from None
+            sub.register_forward_hook(self._tap_hook(node.name, tap))
+            ports[tap] = PortInfo()
+        return module, ports
+
+    def _port_info(self, port: str, facts: dict[str, NodeFacts]) -> PortInfo:
+        node, name = port.split(".", 1)
+        if node == DATA:
+            if name == "image":
+                return PortInfo("map", self.data_info.channels, 1)
+            return PortInfo("any")
+        return facts[node].ports.get(name, PortInfo()) if node in facts else PortInfo()
+
+    def _tap_hook(self, node: str, tap: str):
+        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            self._taps.setdefault(node, {})[tap] = output
+
+        return hook
+
+    # ------------------------------------------------------------------ per stage and epoch
+
+    def set_stage(self, stage: StagePlan) -> None:
+        """Trainable nodes train; every other node with parameters is frozen and in eval mode."""
+        self.stage = stage
+        trainable = set(stage.trainable)
+        for name, module in self.nodes.items():
+            has_params = self.facts[name].params > 0
+            train = name in trainable or (not has_params and not self.spec.nodes[name].frozen)
+            module.requires_grad_(name in trainable)
+            module.train(train)
+
+    def train(self, mode: bool = True) -> DistillGraph:
+        """train() restores the stage's modes (frozen nodes stay in eval); eval() puts all in eval."""
+        self.training = mode
+        if mode:
+            self.set_stage(self.stage)
+        else:
+            for module in self.nodes.values():
+                module.train(False)
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Evaluate scheduled loss weights and parameters for this epoch (epochs count from 1)."""
+        from .schedule import Schedule, is_schedule_spec
+
+        for e in self.spec.edges:
+            self._weights[e.name] = (
+                Schedule.from_spec(e.weight).at(epoch) if is_schedule_spec(e.weight) else float(e.weight)
+            )
+            self._epoch_params[e.name] = {
+                k: Schedule.from_spec(v).at(epoch) if is_schedule_spec(v) else v
+                for k, v in e.params.items()
+                if k not in e.port_params
+            }
+        for module in self.nodes.values():
+            if hasattr(module, "set_epoch"):
+                module.set_epoch(epoch)
+
+    def loss_weights(self) -> dict[str, float]:
+        return dict(self._weights)
+
+    # ------------------------------------------------------------------ walking
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None = None):
+        """One training step's forward: (weighted total loss, the stage's edge losses stacked, detached)."""
+        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
+        total: torch.Tensor | float = 0.0
+        losses: list[torch.Tensor] = []
+        for step in self.stage.program:
+            if step.kind == "node":
+                self._run_node(step, values)
+            else:
+                loss = self._run_loss(self._edges[step.name], values)
+                losses.append(loss)
+                total = total + self._weights[step.name] * loss
+            for key in step.free:
+                values.pop(key, None)
+        return total, torch.stack([loss.detach().float() for loss in losses])
+
+    def loss_names(self, stage: StagePlan | None = None) -> list[str]:
+        """Edge names in the order ``forward`` stacks their losses."""
+        return [s.name for s in (stage or self.stage).program if s.kind == "loss"]
+
+    @torch.no_grad()
+    def evaluate(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The stage's evaluated ports for a batch of images."""
+        values: dict[str, Any] = {"data.image": image}
+        self._walk(self.stage.eval_program, values)
+        return {p: values[p] for p in self.stage.eval_ports}
+
+    @torch.no_grad()
+    def outputs(
+        self, image: torch.Tensor, ports: list[str], label: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Any ports for a batch (no gradient), e.g. for export checks and the dry run."""
+        from .plan import _needed, _program, dataflow_graph
+
+        order = _needed(self.plan.order, dataflow_graph(self.spec), ports)
+        program = _program(self.spec, order, ports, [], lambda n: True, keep=ports)
+        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
+        self._walk(program, values)
+        return {p: values[p] for p in ports}
+
+    @torch.no_grad()
+    def fit_batch(self, image: torch.Tensor, label: torch.Tensor) -> None:
+        """Feed one batch to each node this stage fits (fit_step with its inputs)."""
+        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
+        self._walk(self.stage.fit_program, values)
+        for name in self.stage.fit:
+            self.nodes[name].fit_step(*[values[p] for p in self.spec.nodes[name].inputs])
+
+    def _walk(self, program: list[Step], values: dict[str, Any]) -> None:
+        for step in program:
+            if step.kind == "node":
+                self._run_node(step, values)
+            for key in step.free:
+                values.pop(key, None)
+
+    def _run_node(self, step: Step, values: dict[str, Any]) -> None:
+        name = step.name
+        node = self.spec.nodes[name]
+        module = self.nodes[name]
+        inputs = [values[p] for p in node.inputs]
+        try:
+            with torch.no_grad() if step.no_grad else nullcontext():
+                if node.kind == "net":
+                    if isinstance(module, PortNet):
+                        out = module.forward_ports(inputs[0], step.wanted)
+                    else:
+                        out = {"logits": module(*inputs)}
+                else:
+                    result = module(*inputs)
+                    out = result if isinstance(result, dict) else {"out": result}
+        except NodeError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            shapes = ", ".join(f"{p} {_shape(v)}" for p, v in zip(node.inputs, inputs))
+            raise NodeError(
+                f"node {name!r} ({node.kind} {node.type})", f"{_first_line(e)} [inputs: {shapes}]"
+            ) from None
+        if node.taps:
+            out = {**out, **self._taps.pop(name, {})}
+        for port in step.wanted:
+            if port not in out:
+                raise NodeError(f"node {name!r}", f"did not produce port {port!r} (it produced {sorted(out)})")
+            values[f"{name}.{port}"] = out[port]
+
+    def _run_loss(self, edge: EdgeSpec, values: dict[str, Any]) -> torch.Tensor:
+        pred, target = values[edge.dst], values[edge.src]
+        if edge.detach and isinstance(target, torch.Tensor):
+            target = target.detach()
+        kwargs = dict(self._epoch_params[edge.name])
+        for key, port in edge.port_params.items():
+            kwargs[key] = values[port]
+        if self._loss_takes_labels[edge.name]:
+            kwargs["labels"] = values["data.label"]
+        if edge.sample_weight:
+            kwargs["sample_weight"] = values[edge.sample_weight].detach()
+        try:
+            return self._loss_fns[edge.name](pred, target, **kwargs)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            hint = ""
+            if (
+                isinstance(pred, torch.Tensor)
+                and isinstance(target, torch.Tensor)
+                and pred.shape != target.shape
+                and pred.dim() == 4
+                and target.dim() == 4
+            ):
+                hint = f"; add a connector op to map {edge.dst} to {tuple(target.shape[1:])}"
+            raise NodeError(
+                f"edge {edge.name!r} (loss {edge.loss}, edges[{edge.index}])",
+                f"{_first_line(e)} [{edge.dst} {_shape(pred)}, {edge.src} {_shape(target)}]{hint}",
+            ) from None
+
+
+class _NodeView:
+    """Read-only access to already built nodes, without registering them as submodules."""
+
+    def __init__(self, modules: nn.ModuleDict):
+        self._modules = modules
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self._modules[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().split("\n")[0]
+    return text or type(e).__name__
+
+
+def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
+    """Build a throwaway graph and push a tiny batch through every stage: shapes checked, fits run."""
+    graph = DistillGraph(spec, data)
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(batch, data.channels, data.image_size, data.image_size, generator=g)
+    label = torch.arange(batch) % data.num_classes
+    graph.eval()
+    problems = []
+    for stage in graph.plan.stages:
+        graph.stage = stage
+        try:
+            if stage.fit:
+                for name in stage.fit:
+                    graph.nodes[name].fit_begin()
+                graph.fit_batch(image, label)
+                for name in stage.fit:
+                    graph.nodes[name].fit_end()
+            with torch.no_grad():
+                graph(image, label, torch.arange(batch))
+                graph.evaluate(image)
+        except NodeError as e:
+            problems.append(
+                spec.problem(
+                    _error_path(spec, e), str(e) + (f" (stage {stage.name!r})" if spec.doc.get("stages") else "")
+                )
+            )
+            break
+    if problems:
+        raise PlanError(problems)
+    return graph
+
+
+def _error_path(spec: GraphSpec, e: NodeError) -> tuple:
+    what = e.what
+    if what.startswith("edge "):
+        name = what.split("'")[1]
+        return ("edges", spec.edge(name).index)
+    if what.startswith("node "):
+        return ("nodes", what.split("'")[1])
+    return ()
+
+
+__all__ = ["DataInfo", "DistillGraph", "dry_run", "node_of"]

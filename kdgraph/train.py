@@ -1,0 +1,644 @@
+"""The training loop on Accelerate: stages, schedules, evaluation, checkpoints, exact resume.
+
+    summary = Trainer(spec, run_dir).run()
+
+A run directory holds ``spec.yaml`` (the resolved graph), ``run.json`` (command, overrides, hash,
+versions), ``metrics.jsonl``, ``checkpoints/`` and, when done, ``final.pt`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .data import Dataset, Normalizer, TensorLoader, load_dataset
+from .errors import CheckpointError, RunError, SpecError
+from .graph import DataInfo, DistillGraph, dry_run
+from .plan import StagePlan
+from .spec import GraphSpec, dump_resolved, load_spec, merge
+
+CACHE_ENV = "KDGRAPH_CACHE"
+
+
+class Interrupted(RunError):
+    """SIGINT/SIGTERM: the step finished, a checkpoint was written, the run can be resumed."""
+
+    def __init__(self, signum: int, run_dir: Path, step: int):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted at step {step}; checkpoint written. Resume with: kdgraph run --resume {run_dir}")
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+def group_lr(base: float, cfg: dict[str, Any], epoch: int, epochs: int) -> float:
+    """A group's lr at `epoch` (epochs count from 1; the lr is set once per epoch, as the reference code)."""
+    kind = cfg.get("type", "constant")
+    if kind == "step":  # x gamma once epoch > m, for each milestone m
+        lr = base * float(cfg.get("gamma", 0.1)) ** sum(epoch > int(m) for m in cfg.get("milestones", []))
+    elif kind == "cosine":
+        floor = float(cfg.get("min_lr", 0.0))
+        lr = floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / max(epochs, 1)))
+    else:
+        lr = base
+    warmup = int(cfg.get("warmup", 0) or 0)
+    return lr * min(1.0, epoch / warmup) if warmup else lr
+
+
+def build_optimizer(graph: DistillGraph, stage: StagePlan, train_cfg: dict[str, Any], device: torch.device):
+    """One optimizer, one param group per trainable node (node `optim:` overrides the stage's)."""
+    groups = []
+    base_cfg = train_cfg["optimizer"]
+    kind = base_cfg.get("type", "sgd")
+    for name in stage.trainable:
+        cfg = merge(base_cfg, graph.spec.nodes[name].optim)
+        if cfg.get("type", kind) != kind:
+            raise SpecError(
+                [
+                    graph.spec.problem(
+                        ("nodes", name, "optim", "type"),
+                        "a node's optimizer type must match the stage's",
+                        f"use type {kind!r} or omit it",
+                    )
+                ]
+            )
+        group = {
+            "params": [p for p in graph.nodes[name].parameters() if p.requires_grad],
+            "name": name,
+            "lr": float(cfg["lr"]),
+            "base_lr": float(cfg["lr"]),
+            "weight_decay": float(cfg.get("weight_decay", 0.0)),
+        }
+        if kind == "sgd":
+            group.update(momentum=float(cfg.get("momentum", 0.0)), nesterov=bool(cfg.get("nesterov", False)))
+        else:
+            group.update(betas=tuple(float(b) for b in cfg.get("betas", (0.9, 0.999))), eps=float(cfg.get("eps", 1e-8)))
+        groups.append(group)
+    impl = base_cfg.get("impl", "auto")
+    flags: dict[str, Any] = {}
+    if impl == "fused":
+        flags["fused"] = True
+    elif impl == "foreach":
+        flags["foreach"] = True
+    elif impl == "for-loop":
+        flags["foreach"] = False
+    elif device.type == "cuda":
+        flags["fused"] = True
+    if not groups:
+        groups = [{"params": [torch.zeros(0, requires_grad=True)], "name": "_empty", "lr": 0.0, "base_lr": 0.0}]
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
+    return cls(groups, lr=float(base_cfg["lr"]), **flags)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.cwd() / "runs" / "cache"))
+
+
+def new_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
+    """A fresh run directory; an existing non-empty one is refused unless `force`."""
+    if out is None:
+        base = Path("runs") / spec.name / time.strftime("%Y%m%d-%H%M%S")
+        run_dir, n = base, 1
+        while run_dir.exists():
+            run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    else:
+        run_dir = Path(out)
+        if run_dir.exists() and any(run_dir.iterdir()) and not force:
+            raise RunError(
+                f"run directory {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
+                "pass --force to overwrite it, or choose another --out"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+@contextmanager
+def _signals_caught(flag: dict[str, int]):
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints, and stops."""
+
+    def handler(signum, _frame):
+        if flag.get("signum"):
+            raise KeyboardInterrupt  # a second signal: stop now
+        flag["signum"] = signum
+
+    installed = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            installed[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in installed.items():
+            signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class Position:
+    stage: int = 0
+    epoch: int = 1
+    batch: int = 0  # batches done in this epoch
+    step: int = 0  # optimizer steps so far, over all stages
+    setup_done: bool = False  # this stage's init actions and fits are applied
+
+
+@dataclass
+class Trainer:
+    spec: GraphSpec
+    run_dir: Path
+    accelerator: Any = None
+    log: Any = print
+    resume: bool = False
+    init_overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from accelerate import Accelerator
+
+        self.run_dir = Path(self.run_dir)
+        precision = self.spec.train["precision"]
+        if self.accelerator is None:
+            cpu = not torch.cuda.is_available() or os.environ.get("KDGRAPH_CPU") == "1"
+            mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+            self.accelerator = Accelerator(cpu=cpu, mixed_precision=mp)
+        self.device = self.accelerator.device
+        self.main = self.accelerator.is_main_process
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.best: dict[str, float] = {}
+        self.last_eval: dict[str, dict[str, float]] = {}
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        self.stage_ends: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def _prepare(self) -> None:
+        seed_everything(int(self.spec.train["seed"]))
+        self.dataset: Dataset = load_dataset(self.spec.data, self.spec.base_dir, int(self.spec.train["seed"]))
+        self.info = DataInfo(self.dataset.num_classes, self.dataset.channels, self.dataset.image_size)
+        dry_run(self.spec, self.info)
+        seed_everything(int(self.spec.train["seed"]))  # the dry run must not change the real weights
+        self.graph = DistillGraph(self.spec, self.info)
+        self.plan = self.graph.plan
+
+    def _loaders(self, train_cfg: dict[str, Any]) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
+        acc = self.accelerator
+        on_device = self.spec.data["loader"] == "device"
+        store = self.device if on_device else torch.device("cpu")
+        dtype = torch.bfloat16 if (on_device and train_cfg["precision"] == "bf16") else torch.float32
+        norm = Normalizer(self.dataset.mean, self.dataset.std, self.device, dtype, bool(train_cfg["channels_last"]))
+        train_split, test_split = self.dataset.train.to(store), self.dataset.test.to(store)
+        common = dict(rank=acc.process_index, world=acc.num_processes, seed=int(train_cfg["seed"]))
+        train = TensorLoader(
+            train_split,
+            int(self.spec.data["batch_size"]),
+            norm,
+            self.device,
+            train=True,
+            augment=bool(self.spec.data["augment"]),
+            limit_batches=train_cfg["limit_batches"],
+            **common,
+        )
+        fit = TensorLoader(
+            train_split,
+            int(self.spec.data["eval_batch_size"]),
+            norm,
+            self.device,
+            train=False,
+            augment=False,
+            limit_batches=train_cfg["limit_batches"],
+            **common,
+        )
+        test = TensorLoader(
+            test_split,
+            int(self.spec.data["eval_batch_size"]),
+            norm,
+            self.device,
+            train=False,
+            augment=False,
+            limit_batches=train_cfg["limit_eval_batches"],
+            **common,
+        )
+        return train, fit, test
+
+    def _write_run_files(self) -> None:
+        if not self.main:
+            return
+        (self.run_dir / "spec.yaml").write_text(dump_resolved(self.spec))
+        info = {
+            "name": self.spec.name,
+            "source": str(self.spec.source.resolve()) if self.spec.source else None,
+            "overrides": self.spec.overrides,
+            "hash": self.spec.hash(),
+            "argv": sys.argv,
+            "torch": torch.__version__,
+            "processes": self.accelerator.num_processes,
+            "device": str(self.device),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2))
+
+    # ------------------------------------------------------------------ init actions
+
+    def _init_node(self, name: str, init: dict[str, Any]) -> None:
+        from .nets.checkpoint import load_checkpoint
+
+        module = self.graph.nodes[name]
+        if "checkpoint" in init:
+            path = (self.spec.base_dir / init["checkpoint"]).expanduser()
+            load_checkpoint(module, path, key=init.get("key", "model"), strict=init.get("strict", True))
+        elif "from" in init:
+            state = self._train_dependency(init["from"])
+            self._load_node_state(name, init.get("node", name), state, f"graph {init['from']}")
+        elif "stage" in init:
+            self._load_node_state(
+                name, init.get("node", name), self.stage_ends[init["stage"]], f"stage {init['stage']}"
+            )
+        elif "snapshot" in init:
+            self._load_node_state(
+                name, init.get("node", name), self.snapshots[init["snapshot"]], f"snapshot {init['snapshot']}"
+            )
+        self.log(f"  init {name}: {json.dumps(init)}")
+
+    def _load_node_state(self, name: str, source_node: str, graph_state: dict[str, Any], where: str) -> None:
+        prefix = f"nodes.{source_node}."
+        sub = {k[len(prefix) :]: v for k, v in graph_state.items() if k.startswith(prefix)}
+        if not sub:
+            raise CheckpointError(f"{where} has no node {source_node!r} to initialise {name!r} from")
+        result = self.graph.nodes[name].load_state_dict(sub, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"node {name!r} does not fit {source_node!r} of {where}: missing "
+                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+
+    def _train_dependency(self, rel: str) -> dict[str, Any]:
+        """Train another graph file first, or reuse its cached final weights (keyed by its spec hash)."""
+        path = self.spec.base_dir / rel
+        data_overrides = [o for o in self.spec.overrides if o.lstrip("+~").startswith("data.")]
+        child = load_spec(path, data_overrides + self.init_overrides)
+        folder = cache_root() / f"{child.name}-{child.hash()}"
+        final = folder / "final.pt"
+        if final.exists():
+            self.log(f"  reusing {rel} from {folder}")
+            return torch.load(final, map_location="cpu", weights_only=False)["graph"]
+        self.log(f"  training {rel} first (cached in {folder})")
+        resume = (folder / "checkpoints" / "latest.json").exists()  # an interrupted earlier attempt
+        folder.mkdir(parents=True, exist_ok=True)
+        Trainer(
+            child, folder, accelerator=self.accelerator, log=self.log, resume=resume, init_overrides=self.init_overrides
+        ).run()
+        return torch.load(final, map_location="cpu", weights_only=False)["graph"]
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.graph.state_dict().items()}
+
+    def _stage_setup(self, spec_stage, stage_plan: StagePlan, fit_loader: TensorLoader) -> None:
+        """Init actions, the snapshot of the stage's starting weights, and the data fits."""
+        self.log(
+            f"stage {stage_plan.name}: trains {', '.join(stage_plan.trainable) or 'nothing'}"
+            f" for {spec_stage.epochs} epochs"
+        )
+        if stage_plan.index == 0:
+            for name, node in self.spec.nodes.items():
+                if node.init:
+                    self._init_node(name, node.init)
+        for name, init in spec_stage.init.items():
+            self._init_node(name, init)
+        if self._snapshot_needed(stage_plan.name, "snapshot"):
+            self.snapshots[stage_plan.name] = self._snapshot()
+            self._save_side("snapshots", stage_plan.name, self.snapshots[stage_plan.name])
+        if stage_plan.fit:
+            self._fit(stage_plan, fit_loader)
+
+    def _snapshot_needed(self, stage: str, kind: str) -> bool:
+        inits = [s.init for s in self.spec.stages]
+        return any(i.get(kind) == stage for group in inits for i in group.values())
+
+    def _fit(self, stage_plan: StagePlan, loader: TensorLoader) -> None:
+        self.graph.stage = stage_plan
+        self.graph.eval()
+        for name in stage_plan.fit:
+            self.graph.nodes[name].fit_begin()
+        for batch in loader.epoch(1, stage_plan.index):
+            self.graph.fit_batch(batch.image, batch.label)
+        for name in stage_plan.fit:
+            self.graph.nodes[name].fit_end()
+            self.log(f"  fitted {name} on {len(loader)} batches")
+
+    def _save_side(self, kind: str, name: str, state: dict[str, Any]) -> None:
+        if self.main:
+            (self.run_dir / kind).mkdir(exist_ok=True)
+            ckpt.save_file(self.run_dir / kind / f"{name}.pt", state)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        if self.main:
+            with open(self.metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+
+    def _metrics_lines(self) -> int:
+        if not self.metrics_path.exists():
+            return 0
+        with open(self.metrics_path) as fh:
+            return sum(1 for _ in fh)
+
+    def _truncate_metrics(self, lines: int) -> None:
+        if self.main and self.metrics_path.exists():
+            kept = self.metrics_path.read_text().splitlines(keepends=True)[:lines]
+            ckpt.atomic_write_bytes(self.metrics_path, "".join(kept).encode())
+
+    @torch.no_grad()
+    def evaluate(self, loader: TensorLoader) -> dict[str, dict[str, float]]:
+        """Top-1 and top-5 (in %) of each evaluated port over the test split, across processes."""
+        graph = self.graph
+        graph.eval()
+        ports = graph.stage.eval_ports
+        if not ports:
+            graph.train()
+            return {}
+        counts = torch.zeros(len(ports), 2, device=self.device, dtype=torch.float64)
+        seen = torch.zeros((), device=self.device, dtype=torch.float64)
+        with self.accelerator.autocast():
+            for batch in loader.epoch(1):
+                out = graph.evaluate(batch.image)
+                for i, port in enumerate(ports):
+                    top = out[port].float().topk(min(5, out[port].shape[1]), dim=1).indices
+                    hit = top == batch.label[:, None]
+                    counts[i, 0] += hit[:, 0].sum()
+                    counts[i, 1] += hit.any(dim=1).sum()
+                seen += len(batch.label)
+        counts = self.accelerator.reduce(counts, "sum")
+        seen = self.accelerator.reduce(seen, "sum")
+        graph.train()
+        n = max(float(seen), 1.0)
+        return {
+            "top1": {p: round(100 * float(counts[i, 0]) / n, 4) for i, p in enumerate(ports)},
+            "top5": {p: round(100 * float(counts[i, 1]) / n, 4) for i, p in enumerate(ports)},
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save(self, pos: Position, optimizer, acc_state: dict[str, Any]) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.main:
+            return
+        state = {
+            "graph": self.graph.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer else None,
+            "position": pos.__dict__.copy(),
+            "rng": rng_state(),
+            "metrics_lines": self._metrics_lines(),
+            "best": dict(self.best),
+            "last_eval": dict(self.last_eval),
+            "accumulators": acc_state,
+            "hash": self.spec.hash(),
+            "snapshots": list(self.snapshots),
+            "stage_ends": list(self.stage_ends),
+        }
+        ckpt.save_checkpoint(self.run_dir / "checkpoints", state, pos.step)
+
+    def _restore(self) -> tuple[Position, dict[str, Any]]:
+        state = ckpt.load_latest(self.run_dir / "checkpoints")
+        if state["hash"] != self.spec.hash():
+            raise CheckpointError(
+                f"{self.run_dir} was started from a different graph (hash {state['hash']} != "
+                f"{self.spec.hash()}); resume with the same graph and overrides"
+            )
+        self.graph.load_state_dict(state["graph"])
+        for kind, names, target in (
+            ("snapshots", state["snapshots"], self.snapshots),
+            ("stage_ends", state["stage_ends"], self.stage_ends),
+        ):
+            for name in names:
+                target[name] = torch.load(self.run_dir / kind / f"{name}.pt", map_location="cpu", weights_only=False)
+        self.best, self.last_eval = state["best"], state["last_eval"]
+        self._truncate_metrics(state["metrics_lines"])
+        self._pending_rng = state["rng"]
+        return Position(**state["position"]), state
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, Any]:
+        self._prepare()
+        resumed_state: dict[str, Any] | None = None
+        if self.resume:
+            pos, resumed_state = self._restore()
+            self.log(
+                f"resuming {self.run_dir} at stage {self.plan.stages[pos.stage].name}, epoch {pos.epoch}, "
+                f"batch {pos.batch} (step {pos.step})"
+            )
+        else:
+            pos = Position()
+            self._write_run_files()
+        flag: dict[str, int] = {}
+        with _signals_caught(flag):
+            while pos.stage < len(self.plan.stages):
+                self._run_stage(pos, resumed_state, flag)
+                resumed_state = None
+                pos = Position(stage=pos.stage + 1, step=pos.step)
+        return self._finish()
+
+    def _run_stage(self, pos: Position, resumed: dict[str, Any] | None, flag: dict[str, int]) -> None:
+        acc = self.accelerator
+        spec_stage = self.spec.stages[pos.stage]
+        stage = self.plan.stages[pos.stage]
+        cfg = spec_stage.train
+        train_loader, fit_loader, test_loader = self._loaders(cfg)
+        self.graph.set_stage(stage)
+        if not pos.setup_done:
+            self._stage_setup(spec_stage, stage, fit_loader)
+            pos.setup_done = True
+        self.graph.set_stage(stage)
+        if cfg["channels_last"]:
+            self.graph.to(memory_format=torch.channels_last)
+        self.graph.to(self.device)
+        optimizer = build_optimizer(self.graph, stage, cfg, self.device)
+        if resumed and resumed.get("optimizer"):
+            optimizer.load_state_dict(resumed["optimizer"])
+        model, optimizer = acc.prepare(self.graph, optimizer)
+        if cfg["compile"]:
+            model = torch.compile(model)
+        names = self.graph.loss_names(stage)
+        zeros = torch.zeros(len(names), device=self.device)
+        acc_losses, acc_steps = zeros.clone(), 0
+        first_bad = torch.full((len(names),), -1, device=self.device, dtype=torch.long)
+        if resumed and resumed.get("accumulators"):
+            a = resumed["accumulators"]
+            acc_losses, acc_steps = a["losses"].to(self.device), a["steps"]
+        if resumed:
+            set_rng_state(self._pending_rng)
+        else:
+            self._save(pos, optimizer, {"losses": acc_losses.cpu(), "steps": acc_steps})
+        log_every, ckpt_every = int(cfg["log_every"]), int(cfg["checkpoint_every"])
+        grad_clip = cfg.get("grad_clip")
+        skip_nan = cfg["on_nan"] == "skip"
+        t_last, images = time.perf_counter(), 0
+        bar = self._bar(len(train_loader) * (spec_stage.epochs - pos.epoch + 1) - pos.batch, stage.name)
+        while pos.epoch <= spec_stage.epochs:
+            epoch = pos.epoch
+            for group in optimizer.param_groups:
+                group["lr"] = group_lr(group["base_lr"], cfg["lr_schedule"], epoch, spec_stage.epochs)
+            self.graph.set_epoch(epoch)
+            for batch in train_loader.epoch(epoch, stage.index, pos.batch):
+                with acc.autocast():
+                    total, losses = model(batch.image, batch.label, batch.index)
+                if skip_nan and not bool(torch.isfinite(losses).all()):
+                    optimizer.zero_grad(set_to_none=True)
+                    self.log(f"  skipped step {pos.step + 1}: non-finite loss")
+                else:
+                    acc.backward(total)
+                    if grad_clip:
+                        acc.clip_grad_norm_(model.parameters(), float(grad_clip))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                pos.batch += 1
+                pos.step += 1
+                images += len(batch.label) * acc.num_processes
+                bad = ~torch.isfinite(losses)
+                first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, pos.step), first_bad)
+                acc_losses += torch.nan_to_num(losses, nan=0.0, posinf=0.0, neginf=0.0)
+                acc_steps += 1
+                if bar is not None:
+                    bar.update(1)
+                boundary = pos.step % log_every == 0 or pos.batch == len(train_loader)
+                if boundary or pos.step % ckpt_every == 0 or flag.get("signum"):
+                    self._check_finite(first_bad, names, skip_nan)
+                if boundary:
+                    now = time.perf_counter()
+                    self._log_train(stage, pos, names, acc_losses, acc_steps, optimizer, images / (now - t_last))
+                    acc_losses, acc_steps, t_last, images = zeros.clone(), 0, now, 0
+                if pos.step % ckpt_every == 0 or flag.get("signum"):
+                    self._save(pos, optimizer, {"losses": acc_losses.cpu(), "steps": acc_steps})
+                if flag.get("signum"):
+                    if bar is not None:
+                        bar.close()
+                    raise Interrupted(flag["signum"], self.run_dir, pos.step)
+            if epoch % int(cfg["eval_every"]) == 0 or epoch == spec_stage.epochs:
+                result = self.evaluate(test_loader)
+                if result:
+                    self._record_eval(stage, epoch, pos.step, result)
+            pos.epoch, pos.batch = epoch + 1, 0
+            self._save(pos, optimizer, {"losses": acc_losses.cpu(), "steps": acc_steps})
+        if bar is not None:
+            bar.close()
+        self.graph = acc.unwrap_model(model) if not cfg["compile"] else self.graph
+        if self._snapshot_needed(stage.name, "stage"):
+            self.stage_ends[stage.name] = self._snapshot()
+            self._save_side("stage_ends", stage.name, self.stage_ends[stage.name])
+        acc.free_memory()
+
+    def _bar(self, total: int, name: str):
+        if not (self.main and self.spec.train["progress"]):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=max(total, 0), desc=f"{self.spec.name}/{name}", leave=False, disable=None, dynamic_ncols=True)
+
+    def _check_finite(self, first_bad: torch.Tensor, names: list[str], skip: bool) -> None:
+        if skip:
+            return
+        bad = first_bad.tolist()
+        hits = [(s, names[i]) for i, s in enumerate(bad) if s >= 0]
+        if hits:
+            step, edge = min(hits)
+            raise RunError(
+                f"loss edge {edge!r} became NaN/Inf at step {step}; stopped, the last good checkpoint "
+                f"is kept in {self.run_dir / 'checkpoints'} (set train.on_nan: skip to skip such steps)"
+            )
+
+    def _log_train(
+        self,
+        stage: StagePlan,
+        pos: Position,
+        names: list[str],
+        acc_losses: torch.Tensor,
+        steps: int,
+        optimizer,
+        images_per_s: float,
+    ) -> None:
+        means = (acc_losses / max(steps, 1)).tolist()
+        weights = self.graph.loss_weights()
+        record = {
+            "kind": "train",
+            "stage": stage.name,
+            "epoch": pos.epoch,
+            "step": pos.step,
+            "loss": sum(weights[n] * v for n, v in zip(names, means)),
+            "losses": dict(zip(names, means)),
+            "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
+            "images_per_s": round(images_per_s, 1),
+        }
+        self._write_metrics(record)
+
+    def _record_eval(self, stage: StagePlan, epoch: int, step: int, result: dict[str, dict[str, float]]) -> None:
+        for port, top1 in result["top1"].items():
+            self.best[port] = max(self.best.get(port, 0.0), top1)
+        self.last_eval = result
+        self._write_metrics(
+            {"kind": "eval", "stage": stage.name, "epoch": epoch, "step": step, **result, "best_top1": dict(self.best)}
+        )
+        shown = "  ".join(f"{p} top-1 {v:.2f}%" for p, v in result["top1"].items())
+        self.log(f"  [{stage.name} epoch {epoch}] {shown}")
+
+    def _finish(self) -> dict[str, Any]:
+        summary = {
+            "name": self.spec.name,
+            "run_dir": str(self.run_dir),
+            "final": self.last_eval,
+            "best_top1": self.best,
+            "deploy": self.spec.deploy,
+            "hash": self.spec.hash(),
+        }
+        if self.main:
+            ckpt.save_file(
+                self.run_dir / "final.pt",
+                {
+                    "graph": self.graph.state_dict(),
+                    "spec": self.spec.doc,
+                    "source": str(self.spec.source) if self.spec.source else None,
+                    "deploy": self.spec.deploy,
+                    "summary": summary,
+                },
+            )
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
