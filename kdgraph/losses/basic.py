@@ -1,9 +1,11 @@
-"""Cross-entropy and Hinton's KD.
+"""Cross-entropy, Hinton's KD and TESKD's branch KL.
 
 A loss is a function ``loss(pred, target, *, <params>) -> scalar``: ``pred`` is the edge's ``to``
 port (the learner), ``target`` its ``from`` port (the knowledge: teacher logits, or ``data.label``).
 A loss that declares ``labels`` receives the batch labels; one that declares ``sample_weight``
-receives the per-sample weights of an edge's ``sample_weight:`` port.
+receives the per-sample weights of an edge's ``sample_weight:`` port. Parameters arrive as numbers
+or as tensors (a parameter fed from a port, e.g. a learned temperature). The engine detaches the
+``from`` side unless the edge says ``detach: false``; losses never detach.
 """
 
 from __future__ import annotations
@@ -12,15 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register_loss
-
-
-def _weighted_mean(per_sample: torch.Tensor, sample_weight: torch.Tensor | None) -> torch.Tensor:
-    if sample_weight is None:
-        return per_sample.mean()
-    return (per_sample * sample_weight.to(per_sample.dtype)).mean()
+from ._util import float32, t_squared, temperature, weighted_mean
 
 
 @register_loss("ce")
+@float32
 def ce(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -29,32 +27,74 @@ def ce(
     sample_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of logits (N, C) against integer labels (N,), averaged over the batch."""
-    per_sample = F.cross_entropy(pred, target, reduction="none", label_smoothing=label_smoothing)
-    return _weighted_mean(per_sample, sample_weight)
+    per_sample = F.cross_entropy(pred, target.long(), reduction="none", label_smoothing=float(label_smoothing))
+    return weighted_mean(per_sample, sample_weight)
 
 
 @register_loss("kd")
+@float32
 def kd(
     pred: torch.Tensor,
     target: torch.Tensor,
     *,
     T: float | torch.Tensor = 4.0,
+    T_student: float | torch.Tensor | None = None,
     reduction: str = "batchmean",
     sample_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hinton KD: KL(softmax(t/T) || softmax(s/T)) x T^2; batchmean (RepDistiller) or mean (TAKD).
 
-    pred, target: logits (N, C). T: a number, a scalar tensor (a learned temperature) or a tensor
-    broadcastable to (N, C) (per-class or per-sample temperatures). reduction: "batchmean" sums
-    over classes and averages over the batch; "mean" averages over all N*C elements (TAKD's code).
+    pred (student), target (teacher): logits (N, C).
+
+    T: the teacher's temperature. A number; a one-element tensor (CTKD's learned global
+    temperature, gradient flows into it); a (C,) tensor of per-class temperatures or an (N, C)
+    tensor per sample and class (ATS: a higher temperature on the target class, see the
+    ``class_temperature`` op); an (N, 1) tensor per sample. A 1-D tensor always means per-class.
+    T_student: the student's temperature, same forms; default: the same as T.
+
+    The T^2 factor (which keeps gradient magnitudes independent of T) uses the student's
+    temperature: T^2 for a scalar; for a per-class or per-sample temperature, each sample's loss is
+    multiplied by the mean over classes of its T^2.
+
+    reduction: "batchmean" sums over classes and averages over the batch (RepDistiller, mdistiller);
+    "mean" averages over all N*C elements (TAKD's code; C times smaller). sample_weight (N,)
+    multiplies each sample's term before the batch mean (IPWD's inverse-propensity weights).
+    Hinton et al. 2015, arXiv:1503.02531.
     """
-    log_p_s = F.log_softmax(pred / T, dim=1)
-    log_p_t = F.log_softmax(target / T, dim=1)
-    per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-    T2 = T * T if not isinstance(T, torch.Tensor) or T.dim() == 0 else (T * T).mean(dim=1)
-    per_sample = per_sample * T2
+    n = pred.shape[0]
+    t_teacher = temperature(T, target)
+    t_student = t_teacher if T_student is None else temperature(T_student, pred)
+    log_p_s = F.log_softmax(pred / t_student, dim=1)
+    log_p_t = F.log_softmax(target / t_teacher, dim=1)
+    per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1) * t_squared(t_student, n)
     if reduction == "batchmean":
-        return _weighted_mean(per_sample, sample_weight)
+        return weighted_mean(per_sample, sample_weight)
     if reduction == "mean":
-        return _weighted_mean(per_sample, sample_weight) / pred.shape[1]
-    raise ValueError(f"reduction must be 'batchmean' or 'mean', not {reduction!r}")
+        return weighted_mean(per_sample, sample_weight) / pred.shape[1]
+    raise ValueError(f"kd: reduction must be 'batchmean' or 'mean', not {reduction!r}")
+
+
+@register_loss("kl_prob")
+@float32
+def kl_prob(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    T: float | torch.Tensor = 4.0,
+    eps: float = 1e-7,
+    sample_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """TESKD's branch KL: T^2 * KL_batchmean(softmax(target/T) + eps || softmax(pred/T)).
+
+    pred (a branch), target (the backbone): logits (N, C). As in TESKD's code,
+    ``T^2 * KLDivLoss('batchmean')(log_softmax(pred/T), softmax(target/T) + 1e-7)``: the teacher's
+    probabilities get eps added (not renormalised) before the KL, i.e. per sample
+    sum_c (q_c + eps) * (log(q_c + eps) - log p_c), averaged over the batch. TESKD trains the
+    backbone through this loss too: put ``detach: false`` on the edge. T: number or scalar tensor
+    (TESKD's code uses 3; METHODS.md's recipe 4). Li et al., TESKD, arXiv:2110.00329.
+    """
+    t = temperature(T, target)
+    q = F.softmax(target / t, dim=1) + eps
+    log_p = F.log_softmax(pred / t, dim=1)
+    per_sample = (q * (q.log() - log_p)).sum(dim=1) * t_squared(t, pred.shape[0])
+    return weighted_mean(per_sample, sample_weight)

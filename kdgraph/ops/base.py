@@ -22,15 +22,44 @@ dict of ports; ``outputs`` lists the port names. Optional hooks:
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..registry import PortInfo
+from ..schedule import value_at
 
 
 class Op(nn.Module):
-    """Optional base class of ops: one output port ``out`` of unknown shape."""
+    """Optional base class of ops: one output port ``out`` of unknown shape.
+
+    It also keeps the current epoch (``set_epoch``; 1 until the engine calls it) so that an op reads
+    a possibly scheduled parameter with ``self.scheduled(self.factor)``.
+    """
 
     outputs: tuple[str, ...] = ("out",)
+    epoch: int = 1
 
     def port_info(self) -> dict[str, PortInfo]:
         return {name: PortInfo() for name in self.outputs}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def scheduled(self, value: Any) -> Any:
+        """The value of a parameter at the current epoch (a Schedule's ``at``, anything else as is)."""
+        return value_at(value, self.epoch)
+
+
+def first_info(in_info: list[PortInfo] | None, index: int = 0) -> PortInfo:
+    """``in_info[index]``, or an unknown port when the engine gave no metadata."""
+    return in_info[index] if in_info and len(in_info) > index else PortInfo()
+
+
+def channels_of(in_info: list[PortInfo] | None, index: int, what: str) -> int:
+    """Channel count of input ``index``; a clear error when the engine could not tell it."""
+    c = first_info(in_info, index).channels
+    if c is None:
+        raise ValueError(f"{what}: the channel count of input {index} is unknown; "
+                         "feed it from a port with known channels or give the size explicitly")
+    return int(c)
