@@ -177,13 +177,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SpecError(f"{run_dir} is not a run directory (no run.json)")
         info = json.loads(info_path.read_text())
         spec = load_spec(info["source"], info["overrides"])
-        trainer = Trainer(spec, run_dir, resume=True)
+        trainer = Trainer(spec, run_dir, resume=True, stop_after=args.stop_after)
     else:
         if len(files) != 1:
             raise SpecError("run takes one graph file (and key=value overrides)")
         spec = load_spec(files[0], overrides)
         run_dir = new_run_dir(spec, args.out, args.force)
-        trainer = Trainer(spec, run_dir)
+        trainer = Trainer(spec, run_dir, stop_after=args.stop_after)
     print(f"run {spec.name} -> {run_dir}")
     summary = trainer.run()
     final = summary.get("final", {}).get("top1", {})
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default runs/<name>/<time>)")
     run.add_argument("--force", action="store_true", help="overwrite a non-empty --out directory")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    run.add_argument("--stop-after", type=int, metavar="STEPS", help="pause resumably after STEPS steps in total")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="schema, meaning and a dry run on a tiny batch")
