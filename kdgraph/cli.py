@@ -104,10 +104,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if plan.deploy:
         deployed = sum(plan.params[n] for n in plan.deploy_nodes)
         shown = _deployed_params(graph)
-        print(
-            f"\ndeploy {plan.deploy}: nodes {', '.join(plan.deploy_nodes)}; {shown if shown is not None else deployed:,}"
-            " deployed parameters"
-        )
+        count = shown if shown is not None else deployed
+        print(f"\ndeploy {plan.deploy}: nodes {', '.join(plan.deploy_nodes)}; {count:,} deployed parameters")
     return 0
 
 

@@ -146,8 +146,9 @@ class DistillGraph(nn.Module):
         return facts[node].ports.get(name, PortInfo()) if node in facts else PortInfo()
 
     def _tap_hook(self, node: str, tap: str):
-        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            self._taps.setdefault(node, {})[tap] = output
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            # zoo blocks may return (out, preact) as the reference code does: the tap is the output
+            self._taps.setdefault(node, {})[tap] = output[0] if isinstance(output, (tuple, list)) else output
 
         return hook
 
