@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from .errors import PlanError, Problem, did_you_mean
-from .registry import OPS, PortInfo
+from .registry import LOSSES, OPS, PortInfo
 from .spec import GraphSpec, StageSpec
 
 DATA = "data"
@@ -266,7 +266,9 @@ def _plan_stage(
 
 
 def _edge_ports(e) -> list[str]:
-    return [e.src, e.dst, *e.port_params.values(), *([e.sample_weight] if e.sample_weight else [])]
+    # a loss that declares `labels` reads data.label too: it must not be freed before that loss runs
+    labels = ["data.label"] if e.loss in LOSSES and "labels" in LOSSES.get(e.loss).parameters() else []
+    return [e.src, e.dst, *e.port_params.values(), *([e.sample_weight] if e.sample_weight else []), *labels]
 
 
 def _needed(order: list[str], g: nx.DiGraph, ports: list[str]) -> list[str]:
