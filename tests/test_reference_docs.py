@@ -9,7 +9,7 @@ import pytest
 from torch import nn
 
 from kdgraph.docs import REGENERATE, _loss_block, _op_block, reference_markdown
-from kdgraph.registry import LOSSES, OPS, register_loss, register_op
+from kdgraph.registry import LOSSES, NETS, OPS, register_loss, register_op
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 
@@ -40,7 +40,7 @@ def test_committed_reference_is_current(generated: str) -> None:
 
 def test_reference_lists_every_builtin_and_no_plugin(generated: str) -> None:
     assert "test_docs_plugin_op" not in generated
-    for registry in (OPS, LOSSES):
+    for registry in (NETS, OPS, LOSSES):
         for entry in registry.entries():
             if entry.module.startswith("kdgraph."):
                 assert f"| [`{entry.name}`](#" in generated
