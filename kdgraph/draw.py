@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the CLI imports this module on every start: the engine is i
     from .spec import GraphSpec
 
 RENDERED = (".svg", ".png", ".pdf")  # through Graphviz's dot
-TEXT = (".dot", ".gv", ".mmd", ".mermaid")
+SOURCES = (".dot", ".gv", ".mmd", ".mermaid")  # written as text
 INSTALL_HINT = "apt-get install graphviz / brew install graphviz"
 
 # colour-blind-friendly (ColorBrewer Dark2), each meaning also carried by a line style or width
@@ -687,24 +687,29 @@ def to_mermaid(d: Diagram) -> str:
 # ----------------------------------------------------------------------------- output
 
 
+def check_output(out: Path) -> None:
+    """Fail before any work when `out` names an unknown format, or a rendered one without Graphviz."""
+    suffix = out.suffix.lower()
+    if suffix not in RENDERED + SOURCES:
+        raise DrawError(f"cannot draw to {out.name!r}: use .svg, .png, .pdf, .dot or .mmd")
+    if suffix in RENDERED and shutil.which("dot") is None:
+        raise DrawError(f"drawing {suffix} needs Graphviz's `dot` on PATH ({INSTALL_HINT}); .dot and .mmd need nothing")
+
+
 def render(d: Diagram, out: Path) -> None:
     """Write `d` to `out` in the format its suffix names (.svg/.png/.pdf through Graphviz's dot)."""
+    check_output(out)
     suffix = out.suffix.lower()
     if suffix in (".mmd", ".mermaid"):
-        out.write_text(to_mermaid(d))
-        return
-    if suffix in (".dot", ".gv"):
-        out.write_text(to_dot(d))
-        return
-    if suffix not in RENDERED:
-        raise DrawError(f"cannot draw to {out.name!r}: use .svg, .png, .pdf, .dot or .mmd")
-    dot = shutil.which("dot")
-    if dot is None:
-        raise DrawError(f"drawing {suffix} needs Graphviz's `dot` on PATH ({INSTALL_HINT}); .dot and .mmd need nothing")
-    proc = subprocess.run([dot, f"-T{suffix[1:]}", "-o", str(out)], input=to_dot(d).encode(), capture_output=True)
-    if proc.returncode != 0:
-        first = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[0]
-        raise DrawError(f"Graphviz dot failed on {out.name}: {first}")
+        out.write_text(to_mermaid(d), encoding="utf-8")
+    elif suffix in (".dot", ".gv"):
+        out.write_text(to_dot(d), encoding="utf-8")
+    else:
+        cmd = [shutil.which("dot") or "dot", f"-T{suffix[1:]}", "-o", str(out)]
+        proc = subprocess.run(cmd, input=to_dot(d).encode("utf-8"), capture_output=True)
+        if proc.returncode != 0:
+            first = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[0]
+            raise DrawError(f"Graphviz dot failed on {out.name}: {first}")
 
 
 def diagram_of(
@@ -738,6 +743,8 @@ def cmd_draw(args: argparse.Namespace) -> int:
         raise DrawError("draw takes one graph file or run directory (and key=value overrides)")
     if (args.output is None) == (args.format is None):
         raise DrawError("give either -o FILE (.svg .png .pdf .dot .mmd) or --format dot|mmd to print the source")
+    if args.output:
+        check_output(Path(args.output))
     d = diagram_of(files[0], overrides, stage=args.stage, legend=not args.no_legend, direction=args.direction)
     if args.format:
         print(to_dot(d) if args.format == "dot" else to_mermaid(d), end="")

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Parse Mermaid files with the official `mermaid` package (the parser GitHub's renderer uses).
 //
-//   npm install --prefix ~/.cache/kdgraph-mermaid mermaid@11 jsdom@29
+//   npm install --prefix ~/.cache/kdgraph-mermaid mermaid@11 jsdom@26
 //   node scripts/check_mermaid.mjs [--prefix DIR] FILE.mmd ...
 //
 // The packages are looked up in --prefix DIR, $KDGRAPH_MERMAID_PREFIX, ~/.cache/kdgraph-mermaid, then
@@ -40,7 +40,7 @@ const jsdomPath = resolve("jsdom");
 const mermaidPath = resolve("mermaid");
 if (!jsdomPath || !mermaidPath) {
   console.error(`mermaid and jsdom are not installed (looked in ${prefix}); ` +
-    `npm install --prefix ${prefix} mermaid@11 jsdom@29`);
+    `npm install --prefix ${prefix} mermaid@11 jsdom@26`);
   process.exit(3);
 }
 

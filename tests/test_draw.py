@@ -376,10 +376,14 @@ def _fixtures(tmp_path: Path) -> list[Path]:
     return ALL_GRAPHS + [write(tmp_path, "slkd_fixture.yaml", SLKD), write(tmp_path, "rich.yaml", RICH)]
 
 
+def _diagram(path: Path) -> Diagram:
+    return graph_diagram(path)[1] if path in ALL_GRAPHS else diagram_of(path)
+
+
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed (apt-get install graphviz)")
 def test_graphviz_renders_every_graph_to_svg(tmp_path: Path) -> None:
     for path in _fixtures(tmp_path):
-        d = diagram_of(path)
+        d = _diagram(path)
         out = tmp_path / f"{path.stem}.svg"
         render(d, out)
         svg = ET.parse(out).getroot()
@@ -394,7 +398,7 @@ def test_graphviz_renders_every_graph_to_svg(tmp_path: Path) -> None:
         text = " ".join(t.text or "" for t in svg.iterfind(".//s:text", ns))
         for e in loss_edges(d):
             assert e.label.split("\n")[0] in text, (path, e.label)
-    render(diagram_of(ALL_GRAPHS[0]), tmp_path / "g.png")
+    render(_diagram(ALL_GRAPHS[0]), tmp_path / "g.png")
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -408,7 +412,7 @@ def test_mermaid_parser_accepts_every_graph(tmp_path: Path) -> None:
     files = []
     for path in _fixtures(tmp_path):
         out = tmp_path / f"{path.stem}.mmd"
-        out.write_text(to_mermaid(diagram_of(path)))
+        out.write_text(to_mermaid(_diagram(path)))
         files.append(str(out))
     one_stage = tmp_path / "rich_match.mmd"
     one_stage.write_text(to_mermaid(diagram_of(tmp_path / "rich.yaml", stage="match")))
