@@ -1,13 +1,23 @@
-"""Datasets as uint8 image tensors in memory, and a loader that augments in torch.
+"""Datasets as uint8 image tensors in memory (or image files on disk), and the loaders that batch them.
 
-Every dataset becomes a ``Split`` (images N x C x H x W uint8, labels int64) plus its normalisation.
-The ``host`` loader draws each epoch's order, crop offsets and flips from a generator seeded by
-(seed, stage, epoch), so a resumed run sees exactly the batches an uninterrupted one would; the
-``device`` loader is the same with the tensors kept on the accelerator.
+Every in-memory dataset becomes a ``Split`` (images N x C x H x W uint8, labels int64) plus its
+normalisation. Three loaders yield the same ``Batch`` (normalised image, label, index):
+
+* ``host``: ``TensorLoader`` over tensors in host memory, augmentation in torch, then copied over;
+* ``device``: the same ``TensorLoader`` with the uint8 split kept on the accelerator; crop, flip,
+  normalisation and the epoch's permutation all happen there, so nothing returns to the host;
+* ``torchvision``: a ``DataLoader`` with torchvision's RandomCrop(padding) / RandomHorizontalFlip /
+  ToTensor / Normalize on PIL images, in worker processes; the only loader for ``imagefolder``.
+
+Each draws an epoch's order (and, for the tensor loaders, crop offsets and flips; for torchvision,
+one seed per image) from a generator seeded by (seed, stage, epoch), so a resumed run sees exactly
+the batches an uninterrupted one would. With several processes, process r takes slice r of every
+global batch: ``batch_size`` is the global batch.
 
 Datasets: ``cifar100``/``cifar10`` (the python pickle format torchvision downloads; read directly),
 ``digits`` (scikit-learn's bundled 8x8 handwritten digits, no download), ``synthetic`` (learnable
-class prototypes plus noise).
+class prototypes plus noise), ``imagefolder`` (``root`` holds ``train/`` and ``val/``, one folder
+per class, images resized to ``image_size``).
 """
 
 from __future__ import annotations
@@ -46,20 +56,39 @@ class Split:
 
 
 @dataclass
+class FolderSplit:
+    """Image files on disk: (path, class index) pairs, decoded by the torchvision loader."""
+
+    samples: list[tuple[str, int]]
+    channels: int
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def to(self, device: torch.device | str) -> FolderSplit:
+        return self  # decoded on the host, batch by batch
+
+
+@dataclass
 class Dataset:
     name: str
-    train: Split
-    test: Split
+    train: Split | FolderSplit
+    test: Split | FolderSplit
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
     @property
     def channels(self) -> int:
+        if isinstance(self.train, FolderSplit):
+            return self.train.channels
         return int(self.train.images.shape[1])
 
     @property
     def image_size(self) -> int:
+        if isinstance(self.train, FolderSplit):
+            return self.train.image_size
         return int(self.train.images.shape[-1])
 
 
@@ -79,14 +108,52 @@ def load_dataset(cfg: dict[str, Any], base_dir: Path, seed: int = 0) -> Dataset:
     elif name == "synthetic":
         ds = _synthetic(cfg, seed)
     elif name == "imagefolder":
-        raise DataError("dataset 'imagefolder' needs `data.loader: torchvision` (not available in this build)")
+        if cfg.get("loader", "torchvision") != "torchvision":
+            raise DataError("dataset 'imagefolder' streams images from disk: set data.loader: torchvision")
+        ds = _imagefolder(data_root(cfg, base_dir), int(cfg.get("image_size") or 224))
     else:
         raise DataError(f"unknown dataset {name!r}")
     if cfg.get("subset"):
         n = int(cfg["subset"])
-        ds.train = Split(ds.train.images[:n], ds.train.labels[:n])
-        ds.test = Split(ds.test.images[:n], ds.test.labels[:n])
+        ds.train, ds.test = _subset(ds.train, n), _subset(ds.test, n)
     return ds
+
+
+def _subset(split: Split | FolderSplit, n: int) -> Split | FolderSplit:
+    if isinstance(split, FolderSplit):  # files are listed class by class: take every k-th for all classes
+        step = max(1, len(split) // n)
+        return FolderSplit(split.samples[::step][:n], split.channels, split.image_size)
+    return Split(split.images[:n], split.labels[:n])
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _imagefolder(root: Path, image_size: int) -> Dataset:
+    """``root/train/<class>/*`` and ``root/val/<class>/*`` (torchvision ImageFolder layout), RGB."""
+    from torchvision.datasets import ImageFolder
+
+    splits = []
+    for part in ("train", "val"):
+        where = root / part
+        if not where.is_dir():
+            raise DataError(f"imagefolder: {where} is not a folder; data.root must hold train/ and val/ class folders")
+        try:
+            folder = ImageFolder(str(where))
+        except (FileNotFoundError, OSError) as e:
+            raise DataError(f"imagefolder: {where}: {_first(e)}") from None
+        splits.append(folder)
+    train, val = splits
+    if train.classes != val.classes:
+        raise DataError(f"imagefolder: {root}/train and {root}/val have different class folders")
+    return Dataset(
+        "imagefolder",
+        FolderSplit(list(train.samples), 3, image_size),
+        FolderSplit(list(val.samples), 3, image_size),
+        len(train.classes),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
 
 
 def _cifar(name: str, root: Path, download: bool) -> Dataset:
@@ -205,12 +272,43 @@ class Batch:
     index: torch.Tensor
 
 
+def pad_of(image_size: int) -> int:
+    """Zero padding of the random crop: 4 on 32x32 CIFAR (the reference recipe), 1 on 8x8 digits."""
+    return max(1, image_size // 8)
+
+
+def _epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + stage * 10_007 + epoch)
+
+
+def _batch_count(n: int, batch_size: int, drop_last: bool, limit: int | None) -> int:
+    full = n // batch_size if drop_last else -(-n // batch_size)
+    return min(full, limit) if limit else full
+
+
+def _shard(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Process `rank`'s slice of a global batch."""
+    per = -(-len(batch) // world)
+    return batch[rank * per : (rank + 1) * per]
+
+
+@dataclass
+class Draws:
+    """One epoch's random choices: the order of the samples, and per sample its crop offsets and flip."""
+
+    order: torch.Tensor
+    oy: torch.Tensor | None = None
+    ox: torch.Tensor | None = None
+    flip: torch.Tensor | None = None
+
+
 class TensorLoader:
     """Batches of an in-memory split; deterministic per (seed, stage, epoch); sharded across processes.
 
-    Each epoch's permutation, crop offsets and flips are drawn up front from one generator, so
-    skipping the first k batches (a resumed run) leaves the rest identical. With several processes,
-    process r takes batch slice r of every global batch.
+    Each epoch's permutation, crop offsets and flips are drawn up front from one generator (on the
+    host, so every device draws the same) and moved once to where the split lives; each batch is then
+    a gather, a crop-and-flip and a normalisation on that device, with no host round trip. Skipping
+    the first k batches (a resumed run) leaves the rest identical.
     """
 
     def __init__(
@@ -231,11 +329,141 @@ class TensorLoader:
         self.split = split
         self.batch_size, self.normalizer, self.device = batch_size, normalizer, device
         self.train, self.augment, self.seed, self.rank, self.world = train, augment, seed, rank, world
-        self.pad = max(1, split.images.shape[-1] // 8)  # 4 on 32x32 CIFAR, 1 on 8x8 digits
+        self.pad = pad_of(split.images.shape[-1])
         self.drop_last = train if drop_last is None else drop_last
-        n = len(split)
-        full = n // batch_size if self.drop_last else -(-n // batch_size)
-        self.num_batches = min(full, limit_batches) if limit_batches else full
+        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def draws(self, epoch: int, stage: int = 0) -> Draws:
+        """The epoch's order, crop offsets (0 .. 2 pad, uniform) and flips (probability 1/2), on the host."""
+        n = len(self.split)
+        if not self.train:
+            return Draws(torch.arange(n))
+        g = _epoch_generator(self.seed, stage, epoch)
+        order = torch.randperm(n, generator=g)
+        oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        flip = torch.rand(n, generator=g) < 0.5
+        return Draws(order, oy, ox, flip)
+
+    def epoch(self, epoch: int, stage: int = 0, start: int = 0) -> Iterator[Batch]:
+        """Batches of one epoch, beginning after `start` batches already done."""
+        where = self.split.images.device
+        d = self.draws(epoch, stage)
+        order = d.order.to(where)  # one copy per epoch; per batch, indices never leave the device
+        augment = self.train and self.augment
+        if augment:
+            oy, ox, flip = d.oy.to(where), d.ox.to(where), d.flip.to(where)
+        for b in range(start, self.num_batches):
+            idx = _shard(order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world)
+            images = self.split.images[idx]
+            if augment:
+                images = crop_flip(images, oy[idx], ox[idx], flip[idx], self.pad)
+            images = images.to(self.device, non_blocking=True)
+            labels = self.split.labels[idx].to(self.device, non_blocking=True)
+            yield Batch(self.normalizer(images), labels, idx.to(self.device, non_blocking=True))
+
+
+# ----------------------------------------------------------------------------- the torchvision loader
+
+
+class _TransformedImages(torch.utils.data.Dataset):
+    """Items (index, seed) -> (normalised image, label, index) through torchvision transforms on PIL images.
+
+    The transform's random choices are seeded per item, so a batch does not depend on the number of
+    workers, on which worker made it, or on the batches before it (a resumed epoch is identical).
+    """
+
+    def __init__(self, split: Split | FolderSplit, transform: Any):
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def _image(self, index: int):
+        from PIL import Image
+
+        if isinstance(self.split, FolderSplit):
+            with Image.open(self.split.samples[index][0]) as img:
+                return img.convert("RGB"), self.split.samples[index][1]
+        array = self.split.images[index].permute(1, 2, 0).numpy()
+        image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+        return image, int(self.split.labels[index])
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        image, label = self._image(index)
+        with torch.random.fork_rng(devices=[]):  # workers=0 runs here: leave the training RNG alone
+            torch.manual_seed(seed)
+            x = self.transform(image)
+        return x, label, index
+
+
+class _GlobalBatches(torch.utils.data.Sampler):
+    """This process's slice of each global batch of an epoch, as (index, seed) pairs; set by epoch()."""
+
+    def __init__(self, loader: TorchvisionLoader):
+        self.loader = loader
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class TorchvisionLoader:
+    """A torch DataLoader with torchvision transforms, yielding the same Batches as TensorLoader.
+
+    Training: RandomCrop(size, padding=pad) and RandomHorizontalFlip when `augment`, then ToTensor
+    and Normalize, on PIL images (the reference CIFAR recipe); image folders are first resized to
+    `image_size` x `image_size`. Evaluation: ToTensor and Normalize (after the resize).
+    """
+
+    def __init__(
+        self,
+        split: Split | FolderSplit,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device,
+        *,
+        train: bool,
+        augment: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        limit_batches: int | None = None,
+        drop_last: bool | None = None,
+        workers: int = 0,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+    ):
+        from torchvision import transforms as T
+
+        size = split.image_size if isinstance(split, FolderSplit) else int(split.images.shape[-1])
+        self.pad = pad_of(size)
+        steps: list[Any] = [T.Resize((size, size))] if isinstance(split, FolderSplit) else []
+        if train and augment:
+            steps += [T.RandomCrop(size, padding=self.pad), T.RandomHorizontalFlip()]
+        steps += [T.ToTensor(), T.Normalize(mean, std)]
+        self.transform = T.Compose(steps)
+        self.split, self.batch_size, self.device = split, batch_size, device
+        self.train, self.seed, self.rank, self.world = train, seed, rank, world
+        self.dtype, self.channels_last = dtype, channels_last
+        self.drop_last = train if drop_last is None else drop_last
+        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches)
+        self.sampler = _GlobalBatches(self)
+        self.data = torch.utils.data.DataLoader(
+            _TransformedImages(split, self.transform),
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
 
     def __len__(self) -> int:
         return self.num_batches
@@ -244,36 +472,98 @@ class TensorLoader:
         """Batches of one epoch, beginning after `start` batches already done."""
         n = len(self.split)
         if self.train:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + stage * 10_007 + epoch)
+            g = _epoch_generator(self.seed, stage, epoch)
             order = torch.randperm(n, generator=g)
-            oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
-            ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
-            flip = torch.rand(n, generator=g) < 0.5
+            seeds = torch.randint(0, 2**62, (n,), generator=g)
         else:
-            order = torch.arange(n)
-        if self.split.images.device != torch.device("cpu"):
-            order = order.to(self.split.images.device)
-        for b in range(start, self.num_batches):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            per = -(-len(idx) // self.world)
-            idx = idx[self.rank * per : (self.rank + 1) * per]
-            images = self.split.images[idx]
-            if self.train and self.augment:
-                cpu_idx = idx.cpu()
-                images = crop_flip(
-                    images,
-                    oy[cpu_idx].to(images.device),
-                    ox[cpu_idx].to(images.device),
-                    flip[cpu_idx].to(images.device),
-                    self.pad,
-                )
-            images = images.to(self.device, non_blocking=True)
-            labels = self.split.labels[idx].to(self.device, non_blocking=True)
-            yield Batch(self.normalizer(images), labels, idx.to(self.device, non_blocking=True))
+            order, seeds = torch.arange(n), torch.zeros(n, dtype=torch.int64)
+        seed_of = seeds.tolist()
+        self.sampler.batches = [
+            [
+                (i, seed_of[i])
+                for i in _shard(order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world).tolist()
+            ]
+            for b in range(start, self.num_batches)
+        ]
+        for image, label, index in self.data:
+            image = image.to(self.device, non_blocking=True).to(self.dtype)
+            if self.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            yield Batch(image, label.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True))
 
 
-def data_info_of(cfg: dict[str, Any]) -> tuple[int, int, int]:
-    """(classes, channels, image size) of a `data:` section without loading the data."""
+# ----------------------------------------------------------------------------- choosing loaders
+
+Loader = TensorLoader | TorchvisionLoader
+
+
+def make_loaders(
+    dataset: Dataset,
+    data_cfg: dict[str, Any],
+    train_cfg: dict[str, Any],
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[Loader, Loader, Loader]:
+    """(train, fit, test) loaders of the kind `data.loader` names, for this process of `world`.
+
+    The train loader normalises in bfloat16 when `train.precision` is bf16 on the device loader (the
+    network runs under autocast anyway); the fit and test loaders stay in float32 (fits accumulate
+    statistics outside autocast).
+    """
+    kind = data_cfg.get("loader", "host")
+    if isinstance(dataset.train, FolderSplit):
+        kind = "torchvision"
+    channels_last = bool(train_cfg.get("channels_last"))
+    train_dtype = torch.bfloat16 if (kind == "device" and train_cfg.get("precision") == "bf16") else torch.float32
+    batch, eval_batch = int(data_cfg["batch_size"]), int(data_cfg.get("eval_batch_size") or data_cfg["batch_size"])
+    common = dict(rank=rank, world=world, seed=int(train_cfg.get("seed", 0)))
+    limit, limit_eval = train_cfg.get("limit_batches"), train_cfg.get("limit_eval_batches")
+    augment = bool(data_cfg.get("augment", True))
+    if kind == "torchvision":
+        tv = dict(workers=int(data_cfg.get("workers", 0) or 0), channels_last=channels_last, **common)
+        mean, std = dataset.mean, dataset.std
+        return (
+            TorchvisionLoader(
+                dataset.train,
+                batch,
+                mean,
+                std,
+                device,
+                train=True,
+                augment=augment,
+                limit_batches=limit,
+                dtype=train_dtype,
+                **tv,
+            ),
+            TorchvisionLoader(
+                dataset.train, eval_batch, mean, std, device, train=False, augment=False, limit_batches=limit, **tv
+            ),
+            TorchvisionLoader(
+                dataset.test, eval_batch, mean, std, device, train=False, augment=False, limit_batches=limit_eval, **tv
+            ),
+        )
+    store = device if kind == "device" else torch.device("cpu")
+    train_split, test_split = dataset.train.to(store), dataset.test.to(store)
+    norm = Normalizer(dataset.mean, dataset.std, device, train_dtype, channels_last)
+    norm32 = Normalizer(dataset.mean, dataset.std, device, torch.float32, channels_last)
+    return (
+        TensorLoader(train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, **common),
+        TensorLoader(
+            train_split, eval_batch, norm32, device, train=False, augment=False, limit_batches=limit, **common
+        ),
+        TensorLoader(
+            test_split, eval_batch, norm32, device, train=False, augment=False, limit_batches=limit_eval, **common
+        ),
+    )
+
+
+def data_info_of(cfg: dict[str, Any], base_dir: Path | None = None) -> tuple[int, int, int]:
+    """(classes, channels, image size) of a `data:` section without loading the data.
+
+    For an image folder the classes are counted from ``root/train`` when it exists (relative paths
+    from `base_dir`, the graph file's folder), else taken from ``data.classes``.
+    """
     name = cfg["dataset"]
     if name in CIFAR_FILES:
         return (100 if name == "cifar100" else 10), 3, 32
@@ -281,4 +571,9 @@ def data_info_of(cfg: dict[str, Any]) -> tuple[int, int, int]:
         return 10, 1, 8
     if name == "synthetic":
         return int(cfg["classes"]), int(cfg["channels"]), int(cfg["image_size"])
-    return int(cfg.get("classes") or 1000), 3, int(cfg.get("image_size") or 224)
+    classes = int(cfg.get("classes") or 1000)
+    if cfg.get("root"):
+        train = data_root(cfg, base_dir or Path.cwd()) / "train"
+        if train.is_dir():
+            classes = sum(1 for p in train.iterdir() if p.is_dir()) or classes
+    return classes, 3, int(cfg.get("image_size") or 224)

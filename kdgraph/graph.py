@@ -8,7 +8,6 @@ after its last use. Errors name the node or edge that failed.
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +71,9 @@ class DistillGraph(nn.Module):
         self._edges = {e.name: e for e in spec.edges}
         self._epoch_params: dict[str, dict[str, Any]] = {}
         self._weights: dict[str, float] = {}
+        self._programs: dict[tuple, list[tuple]] = {}  # compiled programs, rebuilt per stage and epoch
+        # per stage index, trainable parameters that no loss reaches (found by dry_run): frozen there
+        self.gradless: dict[int, list[str]] = {}
         self.stage: StagePlan = self.plan.stages[0]
         self.set_epoch(1)
 
@@ -157,12 +159,15 @@ class DistillGraph(nn.Module):
     def set_stage(self, stage: StagePlan) -> None:
         """Trainable nodes train; every other node with parameters is frozen and in eval mode."""
         self.stage = stage
+        self._programs.clear()
         trainable = set(stage.trainable)
         for name, module in self.nodes.items():
             has_params = self.facts[name].params > 0
             train = name in trainable or (not has_params and not self.spec.nodes[name].frozen)
             module.requires_grad_(name in trainable)
             module.train(train)
+        for pname in self.gradless.get(stage.index, ()):
+            self.get_parameter(pname).requires_grad_(False)
 
     def train(self, mode: bool = True) -> DistillGraph:
         """train() restores the stage's modes (frozen nodes stay in eval); eval() puts all in eval."""
@@ -178,6 +183,7 @@ class DistillGraph(nn.Module):
         """Evaluate scheduled loss weights and parameters for this epoch (epochs count from 1)."""
         from .schedule import Schedule, is_schedule_spec
 
+        self._programs.clear()
         for e in self.spec.edges:
             self._weights[e.name] = (
                 Schedule.from_spec(e.weight).at(epoch) if is_schedule_spec(e.weight) else float(e.weight)
@@ -197,20 +203,28 @@ class DistillGraph(nn.Module):
     # ------------------------------------------------------------------ walking
 
     def forward(self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None = None):
-        """One training step's forward: (weighted total loss, the stage's edge losses stacked, detached)."""
+        """One training step's forward: (weighted total loss, the stage's edge losses stacked, detached).
+
+        Runs the stage's program precompiled into closures (``_compile``): per batch, only the tensor
+        work and a few dict operations remain.
+        """
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
-        total: torch.Tensor | float = 0.0
+        amp = _autocast_on(image.device.type)
+        total: torch.Tensor | None = None
         losses: list[torch.Tensor] = []
-        for step in self.stage.program:
-            if step.kind == "node":
-                self._run_node(step, values)
-            else:
-                loss = self._run_loss(self._edges[step.name], values)
-                losses.append(loss)
-                total = total + self._weights[step.name] * loss
-            for key in step.free:
-                values.pop(key, None)
-        return total, torch.stack([loss.detach().float() for loss in losses])
+        for run, weight, step in self._compiled("train", amp):
+            try:
+                out = run(values)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                raise self._step_error(step, values, e) from None
+            if weight is not None:  # a loss step
+                losses.append(out)
+                term = out if weight == 1.0 else out * weight
+                total = term if total is None else total + term
+        if total is None:  # a stage without losses (fits only)
+            return torch.zeros((), device=image.device), torch.zeros(0, device=image.device)
+        with torch.no_grad():  # the metrics need no autograd node (stack promotes mixed dtypes)
+            return total, torch.stack(losses)
 
     def loss_names(self, stage: StagePlan | None = None) -> list[str]:
         """Edge names in the order ``forward`` stacks their losses."""
@@ -220,7 +234,7 @@ class DistillGraph(nn.Module):
     def evaluate(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The stage's evaluated ports for a batch of images."""
         values: dict[str, Any] = {"data.image": image}
-        self._walk(self.stage.eval_program, values)
+        self._walk(self._compiled("eval", False), values)
         return {p: values[p] for p in self.stage.eval_ports}
 
     @torch.no_grad()
@@ -233,80 +247,160 @@ class DistillGraph(nn.Module):
         order = _needed(self.plan.order, dataflow_graph(self.spec), ports)
         program = _program(self.spec, order, ports, [], lambda n: True, keep=ports)
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
-        self._walk(program, values)
+        self._walk(self._compile(program, False), values)
         return {p: values[p] for p in ports}
 
     @torch.no_grad()
     def fit_batch(self, image: torch.Tensor, label: torch.Tensor) -> None:
         """Feed one batch to each node this stage fits (fit_step with its inputs)."""
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
-        self._walk(self.stage.fit_program, values)
+        self._walk(self._compiled("fit", False), values)
         for name in self.stage.fit:
             self.nodes[name].fit_step(*[values[p] for p in self.spec.nodes[name].inputs])
 
-    def _walk(self, program: list[Step], values: dict[str, Any]) -> None:
+    def _walk(self, ops: list[tuple], values: dict[str, Any]) -> None:
+        for run, _weight, step in ops:
+            try:
+                run(values)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                raise self._step_error(step, values, e) from None
+
+    # ------------------------------------------------------------------ the program as closures
+
+    def _compiled(self, kind: str, amp: bool) -> list[tuple]:
+        """The stage's program of `kind` (train, eval, fit) as closures, built once per stage and epoch."""
+        key = (self.stage.index, kind, amp)
+        ops = self._programs.get(key)
+        if ops is None:
+            program = {"train": self.stage.program, "eval": self.stage.eval_program, "fit": self.stage.fit_program}
+            ops = self._programs[key] = self._compile(program[kind], amp)
+        return ops
+
+    def _compile(self, program: list[Step], amp: bool) -> list[tuple]:
+        """(run(values), loss weight or None, step) per step: the walker's decisions taken once, not per batch."""
+        ops = []
         for step in program:
             if step.kind == "node":
-                self._run_node(step, values)
-            for key in step.free:
+                ops.append((self._node_closure(step), None, step))
+            else:
+                edge = self._edges[step.name]
+                ops.append((self._loss_closure(edge, step.free, amp), float(self._weights[edge.name]), step))
+        return ops
+
+    def _node_closure(self, step: Step):
+        name, node, module = step.name, self.spec.nodes[step.name], self.nodes[step.name]
+        keys, free, no_grad = tuple(node.inputs), step.free, step.no_grad
+        outs = tuple((port, f"{name}.{port}") for port in sorted(step.wanted))
+        taps = self._taps if node.taps else None
+        if node.kind == "net" and isinstance(module, PortNet):
+            forward_ports, wanted = module.forward_ports, step.wanted
+
+            def call(inputs):
+                return forward_ports(inputs[0], wanted)
+        elif node.kind == "net":
+
+            def call(inputs):
+                return {"logits": module(*inputs)}
+        else:
+
+            def call(inputs):
+                result = module(*inputs)
+                return result if isinstance(result, dict) else {"out": result}
+
+        def run(values: dict[str, Any]) -> None:
+            inputs = [values[k] for k in keys]
+            if no_grad:
+                with torch.no_grad():
+                    out = call(inputs)
+            else:
+                out = call(inputs)
+            if taps is not None:
+                out = {**out, **taps.pop(name, {})}
+            try:
+                for port, key in outs:
+                    values[key] = out[port]
+            except KeyError as e:
+                raise NodeError(
+                    f"node {name!r}", f"did not produce port {e.args[0]!r} (it produced {sorted(out)})"
+                ) from None
+            for key in free:
                 values.pop(key, None)
 
-    def _run_node(self, step: Step, values: dict[str, Any]) -> None:
-        name = step.name
-        node = self.spec.nodes[name]
-        module = self.nodes[name]
-        inputs = [values[p] for p in node.inputs]
-        try:
-            with torch.no_grad() if step.no_grad else nullcontext():
-                if node.kind == "net":
-                    if isinstance(module, PortNet):
-                        out = module.forward_ports(inputs[0], step.wanted)
-                    else:
-                        out = {"logits": module(*inputs)}
-                else:
-                    result = module(*inputs)
-                    out = result if isinstance(result, dict) else {"out": result}
-        except NodeError:
-            raise
-        except (RuntimeError, ValueError, TypeError, IndexError) as e:
-            shapes = ", ".join(f"{p} {_shape(v)}" for p, v in zip(node.inputs, inputs))
-            raise NodeError(
-                f"node {name!r} ({node.kind} {node.type})", f"{_first_line(e)} [inputs: {shapes}]"
-            ) from None
-        if node.taps:
-            out = {**out, **self._taps.pop(name, {})}
-        for port in step.wanted:
-            if port not in out:
-                raise NodeError(f"node {name!r}", f"did not produce port {port!r} (it produced {sorted(out)})")
-            values[f"{name}.{port}"] = out[port]
+        return run
 
-    def _run_loss(self, edge: EdgeSpec, values: dict[str, Any]) -> torch.Tensor:
-        pred, target = values[edge.dst], values[edge.src]
-        if edge.detach and isinstance(target, torch.Tensor):
-            target = target.detach()
-        kwargs = dict(self._epoch_params[edge.name])
-        for key, port in edge.port_params.items():
-            kwargs[key] = values[port]
+    def _loss_closure(self, edge: EdgeSpec, free: tuple[str, ...], amp: bool):
+        fn = self._loss_fns[edge.name]
+        static = dict(self._epoch_params[edge.name])
+        dynamic = dict(edge.port_params)
         if self._loss_takes_labels[edge.name]:
-            kwargs["labels"] = values["data.label"]
-        if edge.sample_weight:
-            kwargs["sample_weight"] = values[edge.sample_weight].detach()
-        try:
-            return self._loss_fns[edge.name](pred, target, **kwargs)
-        except (RuntimeError, ValueError, TypeError, IndexError) as e:
-            hint = ""
-            if (
-                isinstance(pred, torch.Tensor)
-                and isinstance(target, torch.Tensor)
-                and pred.shape != target.shape
-                and pred.dim() == 4
-                and target.dim() == 4
-            ):
-                hint = f"; add a connector op to map {edge.dst} to {tuple(target.shape[1:])}"
-            raise NodeError(
-                f"edge {edge.name!r} (loss {edge.loss}, edges[{edge.index}])",
-                f"{_first_line(e)} [{edge.dst} {_shape(pred)}, {edge.src} {_shape(target)}]{hint}",
-            ) from None
+            dynamic["labels"] = "data.label"
+        src, dst, detach, weight_port = edge.src, edge.dst, edge.detach, edge.sample_weight
+        # the library's float32 wrapper only upcasts and turns autocast off: a no-op without autocast
+        raw = fn.__wrapped__ if (not amp and not dynamic and not weight_port and _is_float32_wrapper(fn)) else None
+
+        def run(values: dict[str, Any]) -> torch.Tensor:
+            pred, target = values[dst], values[src]
+            if detach and isinstance(target, torch.Tensor) and target.requires_grad:
+                target = target.detach()
+            if raw is not None and pred.dtype not in _LOW and getattr(target, "dtype", None) not in _LOW:
+                loss = raw(pred, target, **static)
+            elif dynamic or weight_port:
+                kwargs = dict(static)
+                for k, port in dynamic.items():
+                    kwargs[k] = values[port]
+                if weight_port:
+                    kwargs["sample_weight"] = values[weight_port].detach()
+                loss = fn(pred, target, **kwargs)
+            else:
+                loss = fn(pred, target, **static)
+            for key in free:
+                values.pop(key, None)
+            return loss
+
+        return run
+
+    def _step_error(self, step: Step, values: dict[str, Any], e: BaseException) -> NodeError:
+        """The error of a failed step, naming its node or edge and the shapes it was given."""
+        if isinstance(e, NodeError):
+            return e
+        if step.kind == "node":
+            node = self.spec.nodes[step.name]
+            shapes = ", ".join(f"{p} {_shape(values.get(p))}" for p in node.inputs)
+            return NodeError(f"node {step.name!r} ({node.kind} {node.type})", f"{_first_line(e)} [inputs: {shapes}]")
+        edge = self._edges[step.name]
+        pred, target = values.get(edge.dst), values.get(edge.src)
+        hint = ""
+        if (
+            isinstance(pred, torch.Tensor)
+            and isinstance(target, torch.Tensor)
+            and pred.shape != target.shape
+            and pred.dim() == 4
+            and target.dim() == 4
+        ):
+            hint = f"; add a connector op to map {edge.dst} to {tuple(target.shape[1:])}"
+        return NodeError(
+            f"edge {edge.name!r} (loss {edge.loss}, edges[{edge.index}])",
+            f"{_first_line(e)} [{edge.dst} {_shape(pred)}, {edge.src} {_shape(target)}]{hint}",
+        )
+
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def _is_float32_wrapper(fn: Any) -> bool:
+    """Whether `fn` is wrapped by kdgraph.losses._util.float32 (whose code object all its wrappers share)."""
+    try:
+        from .losses._util import float32
+    except ImportError:
+        return False
+    return hasattr(fn, "__wrapped__") and getattr(fn, "__code__", None) is float32(lambda: None).__code__
 
 
 class _NodeView:
@@ -335,15 +429,21 @@ def _first_line(e: BaseException) -> str:
 
 
 def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
-    """Build a throwaway graph and push a tiny batch through every stage: shapes checked, fits run."""
+    """Build a throwaway graph and push a tiny batch through every stage: shapes checked, fits run.
+
+    Each stage's losses are also backpropagated once, which checks the backward pass and finds the
+    parameters of trainable nodes that no loss reaches (e.g. a student's classifier when only its
+    features are distilled): the returned graph's ``gradless`` lists them per stage, and a graph that
+    adopts them freezes them in that stage, so data-parallel training needs no unused-parameter search.
+    """
     graph = DistillGraph(spec, data)
     g = torch.Generator().manual_seed(0)
     image = torch.randn(batch, data.channels, data.image_size, data.image_size, generator=g)
     label = torch.arange(batch) % data.num_classes
-    graph.eval()
     problems = []
     for stage in graph.plan.stages:
-        graph.stage = stage
+        graph.set_stage(stage)
+        graph.eval()
         try:
             if stage.fit:
                 for name in stage.fit:
@@ -351,15 +451,22 @@ def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
                 graph.fit_batch(image, label)
                 for name in stage.fit:
                     graph.nodes[name].fit_end()
-            with torch.no_grad():
-                graph(image, label, torch.arange(batch))
-                graph.evaluate(image)
+            total, _ = graph(image, label, torch.arange(batch))
+            if total.requires_grad:
+                total.backward()
+            graph.gradless[stage.index] = [n for n, p in graph.named_parameters() if p.requires_grad and p.grad is None]
+            graph.zero_grad(set_to_none=True)
+            graph.evaluate(image)
         except NodeError as e:
             problems.append(
                 spec.problem(
                     _error_path(spec, e), str(e) + (f" (stage {stage.name!r})" if spec.doc.get("stages") else "")
                 )
             )
+            break
+        except RuntimeError as e:  # the forward worked: the backward did not
+            where = f" of stage {stage.name!r}" if spec.doc.get("stages") else ""
+            problems.append(spec.problem((), f"the backward pass{where} failed: {_first_line(e)}"))
             break
     if problems:
         raise PlanError(problems)

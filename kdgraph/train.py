@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .data import Dataset, Normalizer, TensorLoader, load_dataset
+from .data import Dataset, Loader, load_dataset, make_loaders
 from .errors import CheckpointError, RunError, SpecError
 from .graph import DataInfo, DistillGraph, dry_run
 from .plan import StagePlan
 from .spec import GraphSpec, dump_resolved, load_spec, merge
+from .step import LossMeter, TrainStep
 
 CACHE_ENV = "KDGRAPH_CACHE"
 
@@ -100,7 +101,8 @@ def build_optimizer(graph: DistillGraph, stage: StagePlan, train_cfg: dict[str, 
     elif device.type == "cuda":
         flags["fused"] = True
     if not groups:
-        groups = [{"params": [torch.zeros(0, requires_grad=True)], "name": "_empty", "lr": 0.0, "base_lr": 0.0}]
+        empty = torch.zeros(0, device=device, requires_grad=True)  # on the device: fused kernels check it
+        groups = [{"params": [empty], "name": "_empty", "lr": 0.0, "base_lr": 0.0}]
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
     return cls(groups, lr=float(base_cfg["lr"]), **flags)
 
@@ -130,8 +132,44 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.cwd() / "runs" / "cache"))
 
 
+def use_cpu() -> bool:
+    """Whether runs use the CPU: no CUDA, or KDGRAPH_CPU=1."""
+    return not torch.cuda.is_available() or os.environ.get("KDGRAPH_CPU") == "1"
+
+
+def launched_processes() -> int:
+    """How many processes a launcher (torchrun, accelerate launch, mpirun) started for this run."""
+    for key in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1
+
+
 def new_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
-    """A fresh run directory; an existing non-empty one is refused unless `force`."""
+    """A fresh run directory; an existing non-empty one is refused unless `force`.
+
+    Under a multi-process launcher the main process chooses (the default name holds the time) and
+    creates it, and every process receives the same path, or the same error.
+    """
+    if launched_processes() == 1:
+        return _make_run_dir(spec, out, force)
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState(cpu=use_cpu())  # the Trainer's Accelerator reuses this process group
+    answer: list[Any] = [None]
+    if state.is_main_process:
+        try:
+            answer = [str(_make_run_dir(spec, out, force))]
+        except RunError as e:
+            answer = [e]
+    broadcast_object_list(answer, from_process=0)
+    if isinstance(answer[0], RunError):
+        raise answer[0]
+    return Path(answer[0])
+
+
+def _make_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
     if out is None:
         base = Path("runs") / spec.name / time.strftime("%Y%m%d-%H%M%S")
         run_dir, n = base, 1
@@ -198,11 +236,12 @@ class Trainer:
         self.run_dir = Path(self.run_dir)
         precision = self.spec.train["precision"]
         if self.accelerator is None:
-            cpu = not torch.cuda.is_available() or os.environ.get("KDGRAPH_CPU") == "1"
             mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-            self.accelerator = Accelerator(cpu=cpu, mixed_precision=mp)
+            self.accelerator = Accelerator(cpu=use_cpu(), mixed_precision=mp)
         self.device = self.accelerator.device
         self.main = self.accelerator.is_main_process
+        if not self.main:  # one process speaks for the run
+            self.log = _silent
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.best: dict[str, float] = {}
         self.last_eval: dict[str, dict[str, float]] = {}
@@ -215,50 +254,15 @@ class Trainer:
         seed_everything(int(self.spec.train["seed"]))
         self.dataset: Dataset = load_dataset(self.spec.data, self.spec.base_dir, int(self.spec.train["seed"]))
         self.info = DataInfo(self.dataset.num_classes, self.dataset.channels, self.dataset.image_size)
-        dry_run(self.spec, self.info)
+        probe = dry_run(self.spec, self.info)
         seed_everything(int(self.spec.train["seed"]))  # the dry run must not change the real weights
         self.graph = DistillGraph(self.spec, self.info)
+        self.graph.gradless = probe.gradless  # frozen per stage: DDP then needs no find_unused_parameters
         self.plan = self.graph.plan
 
-    def _loaders(self, train_cfg: dict[str, Any]) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
+    def _loaders(self, train_cfg: dict[str, Any]) -> tuple[Loader, Loader, Loader]:
         acc = self.accelerator
-        on_device = self.spec.data["loader"] == "device"
-        store = self.device if on_device else torch.device("cpu")
-        dtype = torch.bfloat16 if (on_device and train_cfg["precision"] == "bf16") else torch.float32
-        norm = Normalizer(self.dataset.mean, self.dataset.std, self.device, dtype, bool(train_cfg["channels_last"]))
-        train_split, test_split = self.dataset.train.to(store), self.dataset.test.to(store)
-        common = dict(rank=acc.process_index, world=acc.num_processes, seed=int(train_cfg["seed"]))
-        train = TensorLoader(
-            train_split,
-            int(self.spec.data["batch_size"]),
-            norm,
-            self.device,
-            train=True,
-            augment=bool(self.spec.data["augment"]),
-            limit_batches=train_cfg["limit_batches"],
-            **common,
-        )
-        fit = TensorLoader(
-            train_split,
-            int(self.spec.data["eval_batch_size"]),
-            norm,
-            self.device,
-            train=False,
-            augment=False,
-            limit_batches=train_cfg["limit_batches"],
-            **common,
-        )
-        test = TensorLoader(
-            test_split,
-            int(self.spec.data["eval_batch_size"]),
-            norm,
-            self.device,
-            train=False,
-            augment=False,
-            limit_batches=train_cfg["limit_eval_batches"],
-            **common,
-        )
-        return train, fit, test
+        return make_loaders(self.dataset, self.spec.data, train_cfg, self.device, acc.process_index, acc.num_processes)
 
     def _write_run_files(self) -> None:
         if not self.main:
@@ -273,6 +277,8 @@ class Trainer:
             "argv": sys.argv,
             "torch": torch.__version__,
             "processes": self.accelerator.num_processes,
+            "distributed_type": str(self.accelerator.distributed_type).split(".")[-1],
+            "mixed_precision": self.accelerator.mixed_precision,
             "device": str(self.device),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
@@ -333,7 +339,7 @@ class Trainer:
     def _snapshot(self) -> dict[str, Any]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.graph.state_dict().items()}
 
-    def _stage_setup(self, spec_stage, stage_plan: StagePlan, fit_loader: TensorLoader) -> None:
+    def _stage_setup(self, spec_stage, stage_plan: StagePlan, fit_loader: Loader) -> None:
         """Init actions, the snapshot of the stage's starting weights, and the data fits."""
         self.log(
             f"stage {stage_plan.name}: trains {', '.join(stage_plan.trainable) or 'nothing'}"
@@ -355,7 +361,7 @@ class Trainer:
         inits = [s.init for s in self.spec.stages]
         return any(i.get(kind) == stage for group in inits for i in group.values())
 
-    def _fit(self, stage_plan: StagePlan, loader: TensorLoader) -> None:
+    def _fit(self, stage_plan: StagePlan, loader: Loader) -> None:
         self.graph.stage = stage_plan
         self.graph.eval()
         for name in stage_plan.fit:
@@ -391,7 +397,7 @@ class Trainer:
             ckpt.atomic_write_bytes(self.metrics_path, "".join(kept).encode())
 
     @torch.no_grad()
-    def evaluate(self, loader: TensorLoader) -> dict[str, dict[str, float]]:
+    def evaluate(self, loader: Loader) -> dict[str, dict[str, float]]:
         """Top-1 and top-5 (in %) of each evaluated port over the test split, across processes."""
         graph = self.graph
         graph.eval()
@@ -498,71 +504,73 @@ class Trainer:
         optimizer = build_optimizer(self.graph, stage, cfg, self.device)
         if resumed and resumed.get("optimizer"):
             optimizer.load_state_dict(resumed["optimizer"])
+        gradless = self.graph.gradless.get(stage.index)
+        if gradless:
+            self.log(f"  no loss reaches {len(gradless)} parameter(s) in this stage, frozen: {_summarise(gradless)}")
         model, optimizer = acc.prepare(self.graph, optimizer)
         if cfg["compile"]:
             model = torch.compile(model)
         names = self.graph.loss_names(stage)
-        zeros = torch.zeros(len(names), device=self.device)
-        acc_losses, acc_steps = zeros.clone(), 0
-        first_bad = torch.full((len(names),), -1, device=self.device, dtype=torch.long)
+        log_every, ckpt_every = int(cfg["log_every"]), int(cfg["checkpoint_every"])
+        step = TrainStep(acc, model, optimizer, cfg.get("grad_clip"))
+        meter = LossMeter(len(names), log_every, self.device)  # losses stay on the device between logs
         if resumed and resumed.get("accumulators"):
             a = resumed["accumulators"]
-            acc_losses, acc_steps = a["losses"].to(self.device), a["steps"]
+            meter.start(pos.step + 1, a["losses"], a["steps"])
+        else:
+            meter.start(pos.step + 1)
         if resumed:
             set_rng_state(self._pending_rng)
         else:
-            self._save(pos, optimizer, {"losses": acc_losses.cpu(), "steps": acc_steps})
-        log_every, ckpt_every = int(cfg["log_every"]), int(cfg["checkpoint_every"])
-        grad_clip = cfg.get("grad_clip")
+            self._save(pos, optimizer, meter.state())
         skip_nan = cfg["on_nan"] == "skip"
-        t_last, images = time.perf_counter(), 0
+        many = acc.num_processes > 1
         bar = self._bar(len(train_loader) * (spec_stage.epochs - pos.epoch + 1) - pos.batch, stage.name)
         while pos.epoch <= spec_stage.epochs:
             epoch = pos.epoch
             for group in optimizer.param_groups:
                 group["lr"] = group_lr(group["base_lr"], cfg["lr_schedule"], epoch, spec_stage.epochs)
             self.graph.set_epoch(epoch)
+            t_last, images = time.perf_counter(), 0
+            # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
             for batch in train_loader.epoch(epoch, stage.index, pos.batch):
-                with acc.autocast():
-                    total, losses = model(batch.image, batch.label, batch.index)
-                if skip_nan and not bool(torch.isfinite(losses).all()):
-                    optimizer.zero_grad(set_to_none=True)
+                total, losses = step.forward(batch.image, batch.label, batch.index)
+                if skip_nan and not bool(torch.isfinite(losses).all()):  # on_nan: skip reads every step
+                    step.skip()
                     self.log(f"  skipped step {pos.step + 1}: non-finite loss")
                 else:
-                    acc.backward(total)
-                    if grad_clip:
-                        acc.clip_grad_norm_(model.parameters(), float(grad_clip))
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    step.update(total)
+                meter.add(losses)
                 pos.batch += 1
                 pos.step += 1
                 images += len(batch.label) * acc.num_processes
-                bad = ~torch.isfinite(losses)
-                first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, pos.step), first_bad)
-                acc_losses += torch.nan_to_num(losses, nan=0.0, posinf=0.0, neginf=0.0)
-                acc_steps += 1
                 if bar is not None:
                     bar.update(1)
                 boundary = pos.step % log_every == 0 or pos.batch == len(train_loader)
-                if boundary or pos.step % ckpt_every == 0 or flag.get("signum") or pos.step == self.stop_after:
-                    self._check_finite(first_bad, names, skip_nan)
+                due = boundary or pos.step % ckpt_every == 0
+                # several processes must agree on stopping: a signal is honoured at the next boundary
+                signum = _agreed_signal(flag, acc) if (many and due) else (0 if many else flag.get("signum", 0))
+                stop = bool(signum) or pos.step == self.stop_after
+                if (due or stop) and not skip_nan:
+                    self._check_finite(meter.first_bad(acc), names, skip_nan)
                 if boundary:
+                    means, _ = meter.read(acc)  # the one read-back (and cross-process mean) per window
                     now = time.perf_counter()
-                    self._log_train(stage, pos, names, acc_losses, acc_steps, optimizer, images / (now - t_last))
-                    acc_losses, acc_steps, t_last, images = zeros.clone(), 0, now, 0
-                stop = bool(flag.get("signum")) or pos.step == self.stop_after
+                    self._log_train(stage, pos, names, means, optimizer, images / (now - t_last))
+                    meter.start(pos.step + 1)
+                    t_last, images = now, 0
                 if pos.step % ckpt_every == 0 or stop:
-                    self._save(pos, optimizer, {"losses": acc_losses.cpu(), "steps": acc_steps})
+                    self._save(pos, optimizer, meter.state())
                 if stop:
                     if bar is not None:
                         bar.close()
-                    raise Interrupted(flag.get("signum"), self.run_dir, pos.step)
+                    raise Interrupted(signum or None, self.run_dir, pos.step)
             if epoch % int(cfg["eval_every"]) == 0 or epoch == spec_stage.epochs:
                 result = self.evaluate(test_loader)
                 if result:
                     self._record_eval(stage, epoch, pos.step, result)
             pos.epoch, pos.batch = epoch + 1, 0
-            self._save(pos, optimizer, {"losses": acc_losses.cpu(), "steps": acc_steps})
+            self._save(pos, optimizer, meter.state())
         if bar is not None:
             bar.close()
         self.graph = acc.unwrap_model(model) if not cfg["compile"] else self.graph
@@ -578,11 +586,10 @@ class Trainer:
 
         return tqdm(total=max(total, 0), desc=f"{self.spec.name}/{name}", leave=False, disable=None, dynamic_ncols=True)
 
-    def _check_finite(self, first_bad: torch.Tensor, names: list[str], skip: bool) -> None:
+    def _check_finite(self, first_bad: list[int], names: list[str], skip: bool) -> None:
         if skip:
             return
-        bad = first_bad.tolist()
-        hits = [(s, names[i]) for i, s in enumerate(bad) if s >= 0]
+        hits = [(s, names[i]) for i, s in enumerate(first_bad) if s >= 0]
         if hits:
             step, edge = min(hits)
             raise RunError(
@@ -595,12 +602,10 @@ class Trainer:
         stage: StagePlan,
         pos: Position,
         names: list[str],
-        acc_losses: torch.Tensor,
-        steps: int,
+        means: list[float],
         optimizer,
         images_per_s: float,
     ) -> None:
-        means = (acc_losses / max(steps, 1)).tolist()
         weights = self.graph.loss_weights()
         record = {
             "kind": "train",
@@ -645,4 +650,19 @@ class Trainer:
                 },
             )
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.accelerator.wait_for_everyone()  # final.pt exists for every process (a cached dependency)
         return summary
+
+
+def _silent(*_args: Any, **_kwargs: Any) -> None:
+    pass
+
+
+def _summarise(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _agreed_signal(flag: dict[str, int], accelerator: Any) -> int:
+    """The signal any process received (0: none), the same on every process (a collective)."""
+    mine = torch.tensor([int(flag.get("signum", 0))], device=accelerator.device)
+    return int(accelerator.gather(mine).max())
