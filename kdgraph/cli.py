@@ -26,7 +26,7 @@ def _data_info(spec):
     from .data import data_info_of
     from .graph import DataInfo
 
-    return DataInfo(*data_info_of(spec.data))
+    return DataInfo(*data_info_of(spec.data, spec.base_dir))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -71,7 +71,10 @@ class DistillGraph(nn.Module):
         self._edges = {e.name: e for e in spec.edges}
         self._epoch_params: dict[str, dict[str, Any]] = {}
         self._weights: dict[str, float] = {}
-        self._programs: dict[tuple, list[tuple]] = {}  # compiled programs, rebuilt per stage and epoch
+        # scheduled weights live in 0-dim tensors updated in place, so a torch.compile'd step is not
+        # recompiled each epoch; constant weights stay Python floats (no tensor op when 1.0)
+        self._weight_slots: dict[str, float | torch.Tensor] = {}
+        self._programs: dict[tuple, list[tuple]] = {}  # compiled programs, rebuilt per stage
         # per stage index, trainable parameters that no loss reaches (found by dry_run): frozen there
         self.gradless: dict[int, list[str]] = {}
         self.stage: StagePlan = self.plan.stages[0]
@@ -183,16 +186,26 @@ class DistillGraph(nn.Module):
         """Evaluate scheduled loss weights and parameters for this epoch (epochs count from 1)."""
         from .schedule import Schedule, is_schedule_spec
 
-        self._programs.clear()
         for e in self.spec.edges:
-            self._weights[e.name] = (
-                Schedule.from_spec(e.weight).at(epoch) if is_schedule_spec(e.weight) else float(e.weight)
+            scheduled = is_schedule_spec(e.weight)
+            weight = Schedule.from_spec(e.weight).at(epoch) if scheduled else float(e.weight)
+            self._weights[e.name] = weight
+            if not scheduled:
+                self._weight_slots[e.name] = weight
+            elif e.name in self._weight_slots:
+                self._weight_slots[e.name].fill_(weight)
+            else:
+                self._weight_slots[e.name] = torch.tensor(weight)
+            # updated in place: the compiled loss closures hold these very dicts
+            params = self._epoch_params.setdefault(e.name, {})
+            params.clear()
+            params.update(
+                {
+                    k: Schedule.from_spec(v).at(epoch) if is_schedule_spec(v) else v
+                    for k, v in e.params.items()
+                    if k not in e.port_params
+                }
             )
-            self._epoch_params[e.name] = {
-                k: Schedule.from_spec(v).at(epoch) if is_schedule_spec(v) else v
-                for k, v in e.params.items()
-                if k not in e.port_params
-            }
         for module in self.nodes.values():
             if hasattr(module, "set_epoch"):
                 module.set_epoch(epoch)
@@ -219,7 +232,7 @@ class DistillGraph(nn.Module):
                 raise self._step_error(step, values, e) from None
             if weight is not None:  # a loss step
                 losses.append(out)
-                term = out if weight == 1.0 else out * weight
+                term = out if (weight.__class__ is float and weight == 1.0) else out * weight
                 total = term if total is None else total + term
         if total is None:  # a stage without losses (fits only)
             return torch.zeros((), device=image.device), torch.zeros(0, device=image.device)
@@ -268,7 +281,7 @@ class DistillGraph(nn.Module):
     # ------------------------------------------------------------------ the program as closures
 
     def _compiled(self, kind: str, amp: bool) -> list[tuple]:
-        """The stage's program of `kind` (train, eval, fit) as closures, built once per stage and epoch."""
+        """The stage's program of `kind` (train, eval, fit) as closures, built once per stage."""
         key = (self.stage.index, kind, amp)
         ops = self._programs.get(key)
         if ops is None:
@@ -284,7 +297,7 @@ class DistillGraph(nn.Module):
                 ops.append((self._node_closure(step), None, step))
             else:
                 edge = self._edges[step.name]
-                ops.append((self._loss_closure(edge, step.free, amp), float(self._weights[edge.name]), step))
+                ops.append((self._loss_closure(edge, step.free, amp), self._weight_slots[edge.name], step))
         return ops
 
     def _node_closure(self, step: Step):
@@ -330,7 +343,7 @@ class DistillGraph(nn.Module):
 
     def _loss_closure(self, edge: EdgeSpec, free: tuple[str, ...], amp: bool):
         fn = self._loss_fns[edge.name]
-        static = dict(self._epoch_params[edge.name])
+        static = self._epoch_params[edge.name]
         dynamic = dict(edge.port_params)
         if self._loss_takes_labels[edge.name]:
             dynamic["labels"] = "data.label"
