@@ -305,28 +305,28 @@ class DistillGraph(nn.Module):
         keys, free, no_grad = tuple(node.inputs), step.free, step.no_grad
         outs = tuple((port, f"{name}.{port}") for port in sorted(step.wanted))
         taps = self._taps if node.taps else None
-        if node.kind == "net" and isinstance(module, PortNet):
-            forward_ports, wanted = module.forward_ports, step.wanted
+        if node.kind == "net" and isinstance(module, PortNet) and len(keys) == 1:
+            # the common case, kept to one call: a zoo net on one input
+            forward_ports, wanted, key = module.forward_ports, step.wanted, keys[0]
 
-            def call(inputs):
-                return forward_ports(inputs[0], wanted)
+            def call(values: dict[str, Any]) -> dict[str, Any]:
+                return forward_ports(values[key], wanted)
         elif node.kind == "net":
 
-            def call(inputs):
-                return {"logits": module(*inputs)}
+            def call(values: dict[str, Any]) -> dict[str, Any]:
+                return {"logits": module(*[values[k] for k in keys])}
         else:
 
-            def call(inputs):
-                result = module(*inputs)
+            def call(values: dict[str, Any]) -> dict[str, Any]:
+                result = module(*[values[k] for k in keys])
                 return result if isinstance(result, dict) else {"out": result}
 
         def run(values: dict[str, Any]) -> None:
-            inputs = [values[k] for k in keys]
             if no_grad:
                 with torch.no_grad():
-                    out = call(inputs)
+                    out = call(values)
             else:
-                out = call(inputs)
+                out = call(values)
             if taps is not None:
                 out = {**out, **taps.pop(name, {})}
             try:
