@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -25,7 +26,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .data import Dataset, Normalizer, TensorLoader, load_dataset
-from .errors import CheckpointError, RunError, SpecError
+from .errors import CheckpointError, DataError, RunError, SpecError
 from .graph import DataInfo, DistillGraph, dry_run
 from .plan import StagePlan
 from .spec import GraphSpec, dump_resolved, load_spec, merge
@@ -129,8 +130,14 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.cwd() / "runs" / "cache"))
 
 
+RUN_FILES = ("run.json", "spec.yaml", "metrics.jsonl", "checkpoints", "summary.json", "final.pt")
+
+
 def new_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
-    """A fresh run directory; an existing non-empty one is refused unless `force`."""
+    """A fresh run directory; an existing non-empty one is refused, or with `force` emptied first.
+
+    `force` only ever empties a folder that holds a kdgraph run, never any other folder.
+    """
     if out is None:
         base = Path("runs") / spec.name / time.strftime("%Y%m%d-%H%M%S")
         run_dir, n = base, 1
@@ -138,11 +145,18 @@ def new_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
             run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
     else:
         run_dir = Path(out)
-        if run_dir.exists() and any(run_dir.iterdir()) and not force:
-            raise RunError(
-                f"run directory {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
-                "pass --force to overwrite it, or choose another --out"
-            )
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunError(f"{run_dir} exists and is not a directory; choose another --out")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not force:
+                raise RunError(
+                    f"run directory {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
+                    "pass --force to overwrite it, or choose another --out"
+                )
+            if not any((run_dir / f).exists() for f in RUN_FILES):
+                raise RunError(f"{run_dir} is not a kdgraph run directory; --force will not empty it")
+            for child in run_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -206,12 +220,16 @@ class Trainer:
         self.last_eval: dict[str, dict[str, float]] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.stage_ends: dict[str, dict[str, Any]] = {}
+        self.saved_step: int | None = None  # step of the last checkpoint written
 
     # ------------------------------------------------------------------ setup
 
     def _prepare(self) -> None:
         seed_everything(int(self.spec.train["seed"]))
-        self.dataset: Dataset = load_dataset(self.spec.data, self.spec.base_dir, int(self.spec.train["seed"]))
+        try:
+            self.dataset: Dataset = load_dataset(self.spec.data, self.spec.base_dir, int(self.spec.train["seed"]))
+        except DataError as e:  # say which line of the graph file asked for it
+            raise DataError(self.spec.problem(("data", "dataset"), str(e)).format()) from None
         self.info = DataInfo(self.dataset.num_classes, self.dataset.channels, self.dataset.image_size)
         dry_run(self.spec, self.info)
         seed_everything(int(self.spec.train["seed"]))  # the dry run must not change the real weights
@@ -277,7 +295,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ init actions
 
-    def _init_node(self, name: str, init: dict[str, Any]) -> None:
+    def _init_node(self, name: str, init: dict[str, Any], path: tuple) -> None:
+        """Apply one init action; a failure is reported at the graph file's line that asked for it."""
+        try:
+            self._apply_init(name, init)
+        except CheckpointError as e:
+            kind = next((k for k in ("checkpoint", "from", "stage", "snapshot") if k in init), None)
+            raise CheckpointError(self.spec.problem((*path, kind) if kind else path, str(e)).format()) from None
+
+    def _apply_init(self, name: str, init: dict[str, Any]) -> None:
         from .nets.checkpoint import load_checkpoint
 
         module = self.graph.nodes[name]
@@ -339,9 +365,9 @@ class Trainer:
         if stage_plan.index == 0:
             for name, node in self.spec.nodes.items():
                 if node.init:
-                    self._init_node(name, node.init)
+                    self._init_node(name, node.init, ("nodes", name, "init"))
         for name, init in spec_stage.init.items():
-            self._init_node(name, init)
+            self._init_node(name, init, ("stages", stage_plan.index, "init", name))
         if self._snapshot_needed(stage_plan.name, "snapshot"):
             self.snapshots[stage_plan.name] = self._snapshot()
             self._save_side("snapshots", stage_plan.name, self.snapshots[stage_plan.name])
@@ -372,9 +398,13 @@ class Trainer:
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if self.main:
-            with open(self.metrics_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-                fh.flush()
+            try:
+                with open(self.metrics_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                    fh.flush()
+            except OSError as e:  # the checkpoint names how many lines are good: a torn line is cut on resume
+                why = e.strerror or e
+                raise RunError(f"could not write {self.metrics_path} ({why}); the last checkpoint is kept") from None
 
     def _metrics_lines(self) -> int:
         if not self.metrics_path.exists():
@@ -436,6 +466,7 @@ class Trainer:
             "stage_ends": list(self.stage_ends),
         }
         ckpt.save_checkpoint(self.run_dir / "checkpoints", state, pos.step)
+        self.saved_step = pos.step
 
     def _restore(self) -> tuple[Position, dict[str, Any]]:
         state = ckpt.load_latest(self.run_dir / "checkpoints")
@@ -450,10 +481,15 @@ class Trainer:
             ("stage_ends", state["stage_ends"], self.stage_ends),
         ):
             for name in names:
-                target[name] = torch.load(self.run_dir / kind / f"{name}.pt", map_location="cpu", weights_only=False)
+                side = self.run_dir / kind / f"{name}.pt"
+                try:
+                    target[name] = torch.load(side, map_location="cpu", weights_only=False)
+                except (OSError, RuntimeError, EOFError) as e:
+                    raise CheckpointError(f"cannot read {side} ({e}); start a new run") from None
         self.best, self.last_eval = state["best"], state["last_eval"]
         self._truncate_metrics(state["metrics_lines"])
         self._pending_rng = state["rng"]
+        self.saved_step = state["position"]["step"]
         return Position(**state["position"]), state
 
     # ------------------------------------------------------------------ the loop
@@ -461,6 +497,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self._prepare()
         resumed_state: dict[str, Any] | None = None
+        if self.resume and not ckpt.has_checkpoint(self.run_dir / "checkpoints"):
+            self.log(f"{self.run_dir} stopped before its first checkpoint: starting it from the beginning")
+            self._truncate_metrics(0)
+            self.resume = False
         if self.resume:
             pos, resumed_state = self._restore()
             self.log(
@@ -501,7 +541,8 @@ class Trainer:
         names = self.graph.loss_names(stage)
         zeros = torch.zeros(len(names), device=self.device)
         acc_losses, acc_steps = zeros.clone(), 0
-        first_bad = torch.full((len(names),), -1, device=self.device, dtype=torch.long)
+        # the first step at which each edge's loss (and, last, the weighted total) was NaN/Inf; -1: never
+        first_bad = torch.full((len(names) + 1,), -1, device=self.device, dtype=torch.long)
         if resumed and resumed.get("accumulators"):
             a = resumed["accumulators"]
             acc_losses, acc_steps = a["losses"].to(self.device), a["steps"]
@@ -522,7 +563,8 @@ class Trainer:
             for batch in train_loader.epoch(epoch, stage.index, pos.batch):
                 with acc.autocast():
                     total, losses = model(batch.image, batch.label, batch.index)
-                if skip_nan and not bool(torch.isfinite(losses).all()):
+                finite = torch.isfinite(torch.cat([losses, total.detach().float().reshape(1)]))
+                if skip_nan and not bool(finite.all()):
                     optimizer.zero_grad(set_to_none=True)
                     self.log(f"  skipped step {pos.step + 1}: non-finite loss")
                 else:
@@ -534,7 +576,7 @@ class Trainer:
                 pos.batch += 1
                 pos.step += 1
                 images += len(batch.label) * acc.num_processes
-                bad = ~torch.isfinite(losses)
+                bad = ~finite
                 first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, pos.step), first_bad)
                 acc_losses += torch.nan_to_num(losses, nan=0.0, posinf=0.0, neginf=0.0)
                 acc_steps += 1
@@ -575,16 +617,26 @@ class Trainer:
         return tqdm(total=max(total, 0), desc=f"{self.spec.name}/{name}", leave=False, disable=None, dynamic_ncols=True)
 
     def _check_finite(self, first_bad: torch.Tensor, names: list[str], skip: bool) -> None:
+        """Stop at the first NaN/Inf loss, naming its edge and step; no checkpoint has seen it yet."""
         if skip:
             return
-        bad = first_bad.tolist()
-        hits = [(s, names[i]) for i, s in enumerate(bad) if s >= 0]
-        if hits:
-            step, edge = min(hits)
-            raise RunError(
-                f"loss edge {edge!r} became NaN/Inf at step {step}; stopped, the last good checkpoint "
-                f"is kept in {self.run_dir / 'checkpoints'} (set train.on_nan: skip to skip such steps)"
-            )
+        hits = [(step, i) for i, step in enumerate(first_bad.tolist()) if step >= 0]
+        if not hits:
+            return
+        step, i = min(hits)
+        if i < len(names):
+            edge = self.spec.edge(names[i])
+            path, what = ("edges", edge.index), f"loss edge {edge.name!r} became NaN/Inf at step {step}"
+        else:
+            path, what = ("edges",), f"the weighted sum of the losses became NaN/Inf at step {step} (check the weights)"
+        kept = f"step {self.saved_step}" if self.saved_step is not None else "none yet"
+        raise RunError(
+            self.spec.problem(
+                path,
+                f"{what}; stopped. Last good checkpoint: {kept}, in {self.run_dir / 'checkpoints'}",
+                "lower the lr or fix the loss, or set train.on_nan: skip to skip such steps",
+            ).format()
+        )
 
     def _log_train(
         self,
