@@ -96,10 +96,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if plan.deploy:
         deployed = sum(plan.params[n] for n in plan.deploy_nodes)
         shown = _deployed_params(graph)
-        print(
-            f"\ndeploy {plan.deploy}: nodes {', '.join(plan.deploy_nodes)}; {shown if shown is not None else deployed:,}"
-            " deployed parameters"
-        )
+        count = shown if shown is not None else deployed
+        print(f"\ndeploy {plan.deploy}: nodes {', '.join(plan.deploy_nodes)}; {count:,} deployed parameters")
     return 0
 
 
@@ -174,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (ValueError, KeyError, TypeError) as e:
             raise RunError(f"{info_path} is unreadable ({e}); start a new run instead") from None
         spec = load_spec(source, saved)
-        trainer = Trainer(spec, run_dir, resume=True)
+        trainer = Trainer(spec, run_dir, resume=True, stop_after=args.stop_after)
         created = False
     else:
         if len(files) != 1:
@@ -182,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec, _ = check_graph(files[0], overrides)  # every problem before any directory is made
         created = not (args.out and Path(args.out).exists())
         run_dir = new_run_dir(spec, args.out, args.force)
-        trainer = Trainer(spec, run_dir)
+        trainer = Trainer(spec, run_dir, stop_after=args.stop_after)
     print(f"run {spec.name} -> {run_dir}")
     try:
         summary = trainer.run()
@@ -226,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default runs/<name>/<time>)")
     run.add_argument("--force", action="store_true", help="overwrite a non-empty --out directory")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    run.add_argument("--stop-after", type=int, metavar="STEPS", help="pause resumably after STEPS steps in total")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="schema, meaning and a dry run on a tiny batch")

@@ -87,7 +87,7 @@ def did_you_mean(name: str, known: list[str] | tuple[str, ...] | set[str], n: in
     """A hint naming the closest known names, or None when nothing is close."""
     import difflib
 
-    close = difflib.get_close_matches(str(name), sorted(known), n=n, cutoff=0.5)
+    close = difflib.get_close_matches(str(name), sorted(known), n=n, cutoff=0.6)
     if not close:
         return None
     return "did you mean " + " or ".join(repr(c) for c in close) + "?"

@@ -77,6 +77,8 @@ def _walk(node: ast.AST, env: dict[str, Any], expr: str) -> Any:
 def substitute(value: str, env: dict[str, Any]) -> Any:
     """A string with `${...}`: the number itself when the whole string is one expression, else text."""
     whole = PATTERN.fullmatch(value.strip())
+    if whole and whole.group(1).strip() in env and not isinstance(env[whole.group(1).strip()], (int, float)):
+        return env[whole.group(1).strip()]  # a bare string or boolean var: `space: ${mix_space}`
     if whole:
         result = evaluate(whole.group(1), env)
         return float(result) if isinstance(result, float) else result

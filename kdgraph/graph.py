@@ -28,6 +28,7 @@ from .plan import (
     dataflow_graph,
     make_plan,
     node_of,
+    node_refs,
     port_problems,
     topo_order,
 )
@@ -84,7 +85,8 @@ class DistillGraph(nn.Module):
         problems: list[Problem] = []
         for name in order:
             node = self.spec.nodes[name]
-            if name in skip or any(node_of(p) not in self.facts and node_of(p) != DATA for p in node.inputs):
+            needs = [node_of(p) for p in node.inputs] + node_refs(self.spec, name)
+            if name in skip or any(n not in self.facts and n != DATA for n in needs):
                 continue  # already reported, or fed by a node that could not be built
             try:
                 module, ports = self._build(node, self.facts)
@@ -191,8 +193,9 @@ class DistillGraph(nn.Module):
         return facts[node].ports.get(name, PortInfo()) if node in facts else PortInfo()
 
     def _tap_hook(self, node: str, tap: str):
-        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            self._taps.setdefault(node, {})[tap] = output
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            # zoo blocks may return (out, preact) as the reference code does: the tap is the output
+            self._taps.setdefault(node, {})[tap] = output[0] if isinstance(output, (tuple, list)) else output
 
         return hook
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from .errors import PlanError, Problem, did_you_mean
-from .registry import PortInfo
+from .registry import LOSSES, OPS, PortInfo
 from .spec import GraphSpec, StageSpec
 
 DATA = "data"
@@ -84,7 +84,18 @@ def dataflow_graph(spec: GraphSpec) -> nx.DiGraph:
         for port in node.inputs:
             if node_of(port) in g:
                 g.add_edge(node_of(port), name)
+        for ref in node_refs(spec, name):
+            g.add_edge(ref, name)
     return g
+
+
+def node_refs(spec: GraphSpec, name: str) -> list[str]:
+    """Nodes an op uses by name rather than through a port (``call`` applies another node's module)."""
+    node = spec.nodes[name]
+    if node.kind != "op" or node.type not in OPS:
+        return []
+    keys = getattr(OPS.get(node.type).obj, "node_refs", ())
+    return [node.params[k] for k in keys if isinstance(node.params.get(k), str) and node.params[k] in spec.nodes]
 
 
 def cycle_problems(spec: GraphSpec) -> list[Problem]:
@@ -266,7 +277,9 @@ def _plan_stage(
 
 
 def _edge_ports(e) -> list[str]:
-    return [e.src, e.dst, *e.port_params.values(), *([e.sample_weight] if e.sample_weight else [])]
+    # a loss that declares `labels` reads data.label too: it must not be freed before that loss runs
+    labels = ["data.label"] if e.loss in LOSSES and "labels" in LOSSES.get(e.loss).parameters() else []
+    return [e.src, e.dst, *e.port_params.values(), *([e.sample_weight] if e.sample_weight else []), *labels]
 
 
 def _needed(order: list[str], g: nx.DiGraph, ports: list[str]) -> list[str]:

@@ -125,5 +125,8 @@ REGISTRIES = {"nets": NETS, "ops": OPS, "losses": LOSSES}
 
 
 def load_builtins() -> None:
-    """Import the built-in zoo, ops and losses so their decorators run (idempotent)."""
+    """Import the built-in zoo, ops and losses, then installed plugins, so their decorators run (idempotent)."""
     from . import losses, nets, ops  # noqa: F401
+    from .plugins import load_entry_point_plugins
+
+    load_entry_point_plugins()  # the `kdgraph.plugins` entry-point group, once per process

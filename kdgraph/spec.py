@@ -124,14 +124,16 @@ def parse_override_key(key: str) -> Path_:
 
 
 def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[Problem]:
-    """Apply `key=value`, `+key=value` (add) and `~key` (remove) in order; strict about keys."""
+    """Apply `key=value`, `+key=value` (add), `++key=value` (add or replace) and `~key` (remove), in order."""
     problems: list[Problem] = []
     for text in overrides:
         origin = ("<command line>", None)
         where = f"override {text!r}"
         mode = "set"
         body = text
-        if text.startswith("+"):
+        if text.startswith("++"):
+            mode, body = "force", text[2:]
+        elif text.startswith("+"):
             mode, body = "add", text[1:]
         elif text.startswith("~"):
             mode, body = "remove", text[1:]
@@ -159,6 +161,8 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         ok = True
         for i, part in enumerate(path[:-1]):
             child = _child(parent, part)
+            if child is _MISSING and mode == "force" and isinstance(parent, dict):
+                child = parent[part] = {}  # ++ creates the mappings on its way
             if child is _MISSING:
                 hint = _key_hint(parent, part)
                 problems.append(
@@ -698,7 +702,9 @@ def _normalise(
     for stage in stages:
         if stage.name in seen_stages:
             problems.append(
-                locator.problem(("stages", stage.index, "name"), f"stage name {stage.name!r} is used twice", "rename one")
+                locator.problem(
+                    ("stages", stage.index, "name"), f"stage name {stage.name!r} is used twice", "rename one"
+                )
             )
         seen_stages.add(stage.name)
     if not stages:
@@ -811,7 +817,7 @@ def _param_problems(
     entry: Entry, params: dict, path: Path_, spec: GraphSpec, reserved: tuple, loss: bool = False
 ) -> list[Problem]:
     problems = []
-    allowed = {k: p for k, p in entry.parameters().items() if k not in ENGINE_ARGS}
+    allowed = {k: p for k, p in entry.parameters().items() if k not in ("in_info", "nodes")}
     if loss:
         allowed = {k: p for k, p in list(allowed.items())[2:] if k not in ("labels", "sample_weight")}
     for key in params:
@@ -826,7 +832,7 @@ def _param_problems(
                 )
             )
     for key, p in allowed.items():
-        if p.default is p.empty and key not in params:
+        if p.default is p.empty and key not in params and key not in ENGINE_ARGS:
             problems.append(spec.problem(path, f"{entry.kind} {entry.name!r} needs parameter {key!r}"))
     for key, value in params.items():
         if isinstance(value, dict) and key in allowed:

@@ -37,10 +37,11 @@ CACHE_ENV = "KDGRAPH_CACHE"
 class Interrupted(RunError):
     """SIGINT/SIGTERM: the step finished, a checkpoint was written, the run can be resumed."""
 
-    def __init__(self, signum: int, run_dir: Path, step: int):
+    def __init__(self, signum: int | None, run_dir: Path, step: int):
         self.signum = signum
-        self.exit_code = 128 + signum
-        super().__init__(f"interrupted at step {step}; checkpoint written. Resume with: kdgraph run --resume {run_dir}")
+        self.exit_code = 128 + signum if signum else 0  # a planned pause (--stop-after) is a success
+        what = "interrupted" if signum else "paused"
+        super().__init__(f"{what} at step {step}; checkpoint written. Resume with: kdgraph run --resume {run_dir}")
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -203,6 +204,7 @@ class Trainer:
     log: Any = print
     resume: bool = False
     init_overrides: list[str] = field(default_factory=list)
+    stop_after: int | None = None  # pause resumably once this many steps are done in total
 
     def __post_init__(self) -> None:
         from accelerate import Accelerator
@@ -279,6 +281,7 @@ class Trainer:
     def _write_run_files(self) -> None:
         if not self.main:
             return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "spec.yaml").write_text(dump_resolved(self.spec))
         info = {
             "name": self.spec.name,
@@ -583,18 +586,19 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 boundary = pos.step % log_every == 0 or pos.batch == len(train_loader)
-                if boundary or pos.step % ckpt_every == 0 or flag.get("signum"):
+                if boundary or pos.step % ckpt_every == 0 or flag.get("signum") or pos.step == self.stop_after:
                     self._check_finite(first_bad, names, skip_nan)
                 if boundary:
                     now = time.perf_counter()
                     self._log_train(stage, pos, names, acc_losses, acc_steps, optimizer, images / (now - t_last))
                     acc_losses, acc_steps, t_last, images = zeros.clone(), 0, now, 0
-                if pos.step % ckpt_every == 0 or flag.get("signum"):
+                stop = bool(flag.get("signum")) or pos.step == self.stop_after
+                if pos.step % ckpt_every == 0 or stop:
                     self._save(pos, optimizer, {"losses": acc_losses.cpu(), "steps": acc_steps})
-                if flag.get("signum"):
+                if stop:
                     if bar is not None:
                         bar.close()
-                    raise Interrupted(flag["signum"], self.run_dir, pos.step)
+                    raise Interrupted(flag.get("signum"), self.run_dir, pos.step)
             if epoch % int(cfg["eval_every"]) == 0 or epoch == spec_stage.epochs:
                 result = self.evaluate(test_loader)
                 if result:

@@ -136,8 +136,10 @@ def test_mse_reductions_by_hand() -> None:
     assert mse(p, t, sample_weight=w).item() == pytest.approx((sq.mean((1, 2, 3)) * w).mean().item(), abs=1e-12)
     # (N, C) and (N, C, 1, 1) are the same thing (a pooled vector vs a 1x1 map)
     assert mse(p[:, :, 0, 0], t[:, :, :1, :1]).item() == pytest.approx(sq[:, :, 0, 0].mean().item(), abs=1e-12)
-    with pytest.raises(ValueError, match="connector"):
+    with pytest.raises(ValueError, match=r"pred \(3, 4, 5, 5\) and target \(3, 8, 5, 5\) differ"):
         mse(p, torch.randn(3, 8, 5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="connector op"):
+        mse(p[:, :, 0, 0], torch.randn(3, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="reduction"):
         mse(p, t, reduction="median")
 

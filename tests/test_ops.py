@@ -40,7 +40,7 @@ def test_mix_weights_logits_and_prob() -> None:
     assert torch.allclose(prob(a, b).softmax(1), 0.3 * a.softmax(1) + 0.7 * b.softmax(1), atol=1e-6)
     equal = Mix(in_info=logits_info(3))
     assert torch.allclose(equal(a, b, a), (2 * a + b) / 3, atol=1e-6)
-    scheduled = Mix(weights=[Schedule.from_spec({"value": 1.0, "warmup": 4}), 1.0], in_info=logits_info(2))
+    scheduled = Mix(weights=[{"value": 1.0, "warmup": 4}, 1.0], in_info=logits_info(2))
     scheduled.set_epoch(2)
     assert torch.allclose(scheduled(a, b), 0.5 * a + b)
     with pytest.raises(ValueError, match="2 inputs but 3 weights"):
@@ -123,6 +123,7 @@ def test_temperature_range_and_ctkd_chain() -> None:
 def test_detach_and_identity() -> None:
     x = torch.randn(3, requires_grad=True)
     assert not Detach()(x).requires_grad and Identity()(x) is x
+    assert Detach.stops_gradient  # the planner cuts gradient routes at this node
 
 
 # --- TESKD ----------------------------------------------------------------------------------------
@@ -239,6 +240,20 @@ def test_call_shares_weights_and_adds_no_parameters() -> None:
         Call(node="teacher", module="fcc", nodes={"teacher": teacher})
     with pytest.raises(ValueError, match="unknown node 'teacherr'"):
         Call(node="teacherr", module="fc", nodes={"teacher": teacher})
+
+    class View:  # the engine's read-only view of built nodes: no iteration, only lookups and keys()
+        def __getitem__(self, name: str) -> nn.Module:
+            return {"teacher": teacher}[name]
+
+        def __contains__(self, name: object) -> bool:
+            return name == "teacher"
+
+        def keys(self) -> list[str]:
+            return ["teacher"]
+
+    assert torch.equal(Call(node="teacher", module="fc", nodes=View())(x), teacher.fc(x))
+    with pytest.raises(ValueError, match="did you mean 'teacher'"):
+        Call(node="teachr", module="fc", nodes=View())
 
 
 # --- KCD channel matching -------------------------------------------------------------------------

@@ -94,11 +94,7 @@ def same_shape(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Ten
     squeeze = lambda s: tuple(d for d in s[1:] if d != 1)  # noqa: E731
     if pred.shape[0] == target.shape[0] and squeeze(pred.shape) == squeeze(target.shape):
         return target.reshape(pred.shape)
-    hint = ""
-    if pred.dim() == 4 and target.dim() == 4 and pred.shape[1] != target.shape[1]:
-        hint = f"; put a connector op (channels {target.shape[1]}) on the student side"
-    elif pred.dim() == 4 and target.dim() == 4:
-        hint = "; put a pool op on the larger map"
+    hint = "" if pred.dim() == 4 else f"; map one side with a connector op (channels {target.shape[1]})"
     raise ValueError(f"{loss}: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ{hint}")
 
 

@@ -18,6 +18,12 @@ dict of ports; ``outputs`` lists the port names. Optional hooks:
   parameters, which reach the constructor as ``Schedule`` objects;
 * ``fit_begin()``, ``fit_step(*inputs)``, ``fit_end()``: a data-dependent fit over the training set
   with no gradient, run for the nodes a stage names under ``fit:`` (KCD's channel matching).
+
+Optional class attributes read by the engine:
+
+* ``stops_gradient = True``: nothing upstream receives gradient through this op (``detach``);
+* ``node_refs``: names of constructor parameters whose values are other nodes' names (``call``'s
+  ``node``): those nodes are built before this op and travel with it into a deployed slice.
 """
 
 from __future__ import annotations

@@ -32,16 +32,22 @@ class Call(Op):
     submodule of this op, so this op adds no parameters, its state_dict is empty, and whether the
     weights train follows the owning node (SimKD's teacher classifier stays frozen, while
     gradient still flows through it to the inputs). Output ``out``: the module's output; a Linear
-    reports kind logits when it has num_classes outputs.
+    reports kind logits when it has num_classes outputs. ``node_refs`` names the constructor
+    parameters that refer to other nodes: the owning node must be built first and belongs to any
+    deployed slice that contains this op.
     """
+
+    node_refs: tuple[str, ...] = ("node",)
 
     def __init__(self, node: str, module: str = "", nodes: Mapping[str, nn.Module] | None = None,
                  num_classes: int | None = None):
         super().__init__()
         if nodes is None or node not in nodes:
-            known = sorted(nodes) if nodes else []
-            hint = did_you_mean(node, known) or ("built so far: " + ", ".join(known) if known else "no nodes given")
-            raise ValueError(f"call: unknown node {node!r} ({hint})")
+            known = sorted(nodes.keys()) if nodes is not None else []
+            hint = did_you_mean(node, known) or (
+                "nodes built before this one: " + ", ".join(known) if known else "no nodes built before this one"
+            )
+            raise ValueError(f"call: unknown node {node!r} ({hint}; declare it before the call node)")
         self.node, self.module = node, module
         # A tuple hides the module from nn.Module's registration: no parameters(), no state_dict entries.
         self._target: tuple[nn.Module] = (_submodule(nodes[node], module, node),)

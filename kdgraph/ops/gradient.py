@@ -56,6 +56,8 @@ class GradientReversal(Op):
 class Detach(Op):
     """Stop-gradient: the input's value, no gradient flows back through it."""
 
+    stops_gradient = True  # read by the planner: nothing upstream gets gradient through this node
+
     def __init__(self, in_info: list[PortInfo] | None = None):
         super().__init__()
         self._info = first_info(in_info)

@@ -34,7 +34,8 @@ class Mix(Op):
         if space not in ("logits", "prob"):
             raise ValueError(f"mix: space must be 'logits' or 'prob', not {space!r}")
         n = len(in_info) if in_info else (len(weights) if weights else 2)
-        self.weights = list(weights) if weights is not None else [1.0 / n] * n
+        # a weight may be a schedule, also as a mapping nested in the list
+        self.weights = [Schedule.from_spec(w) for w in weights] if weights is not None else [1.0 / n] * n
         if len(self.weights) != n:
             raise ValueError(f"mix has {n} inputs but {len(self.weights)} weights")
         self.space, self.T = space, T
