@@ -68,9 +68,9 @@ class DistillGraph(nn.Module):
         self._taps: dict[str, dict[str, torch.Tensor]] = {}
         self.facts: dict[str, NodeFacts] = {}
         problems = self._build_nodes(topo_order(spec))
-        problems += port_problems(spec, self.facts)
-        if problems:
-            raise SpecError(sort_problems(problems))
+        ports = port_problems(spec, self.facts)
+        if problems or ports:
+            raise (SpecError if problems else PlanError)(sort_problems(problems + ports))
         self.plan: Plan = make_plan(spec, self.facts)
         self._loss_fns = {e.name: LOSSES.get(e.loss).obj for e in spec.edges}
         self._loss_takes_labels = {e.name: _accepts(LOSSES.get(e.loss).obj, "labels") for e in spec.edges}
@@ -427,7 +427,7 @@ def check_graph(
         if e.spec is None:
             raise
         more = DistillGraph.problems_of(e.spec, data_info(e.spec), e.problems)
-        raise SpecError(sort_problems(e.problems + more)) from None
+        raise type(e)(sort_problems(e.problems + more)) from None
     info = data_info(spec)
     return spec, (dry_run(spec, info) if dry else DistillGraph(spec, info))
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from . import expr
-from .errors import Problem, SpecError, did_you_mean
+from .errors import PlanError, Problem, SpecError, did_you_mean
 from .registry import LOSSES, NETS, OPS, Entry, RegistryError, load_builtins
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "graph.schema.json"
@@ -600,13 +600,15 @@ def load_spec(
             problems += registry_problems(spec)
         from .plan import cycle_problems
 
-        problems += cycle_problems(spec)
+        cycles = cycle_problems(spec)
+        problems += cycles
     except (TypeError, ValueError, KeyError, AttributeError):
         if problems:  # an unresolved ${...} or a set-aside key broke what follows: report what we know
             raise SpecError(sort_problems(problems)) from None
         raise
     if problems:
-        raise SpecError(sort_problems(problems), spec=spec if not var_problems else None)
+        kind = PlanError if len(problems) == len(cycles) else SpecError  # a loop alone is the planner's finding
+        raise kind(sort_problems(problems), spec=spec if not var_problems else None)
     return spec
 
 
