@@ -410,9 +410,11 @@ class Trainer:
                 raise RunError(f"could not write {self.metrics_path} ({why}); the last checkpoint is kept") from None
 
     def _metrics_lines(self) -> int:
+        """Lines of metrics.jsonl, made durable first: the checkpoint about to name them must find them."""
         if not self.metrics_path.exists():
             return 0
-        with open(self.metrics_path) as fh:
+        with open(self.metrics_path, "rb+") as fh:
+            os.fsync(fh.fileno())
             return sum(1 for _ in fh)
 
     def _truncate_metrics(self, lines: int) -> None:
