@@ -129,9 +129,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{kind} ({len(registry.names())}):")
         width = max((len(n) for n in registry.names()), default=0)
         for entry in registry.entries():
-            extra = ""
-            if kind == "nets" and args.details:
-                extra = _net_details(entry)
+            extra = _net_details(entry) if kind == "nets" else ""
             print(f"  {entry.name.ljust(width)}  {entry.description}{extra}")
     return 0
 
@@ -148,7 +146,23 @@ def _net_details(entry) -> str:
         return f"  [cannot build with defaults: {e}]"
     count = sum(p.numel() for p in net.parameters())
     ports = list(net.port_info()) if isinstance(net, PortNet) else ["logits"]
-    return f"  [{count:,} params; ports {', '.join(ports)}]"
+    return f"  [{count:,} params; ports {_compact_ports(ports)}]"
+
+
+def _compact_ports(ports: list[str]) -> str:
+    """'logits, pooled, feat0..4, preact0..4' rather than every numbered port."""
+    import re
+
+    groups: dict[str, list[int]] = {}
+    plain = []
+    for p in ports:
+        m = re.fullmatch(r"([a-z]+)(\d+)", p)
+        if m:
+            groups.setdefault(m.group(1), []).append(int(m.group(2)))
+        else:
+            plain.append(p)
+    ranged = [f"{k}{min(v)}..{max(v)}" if len(v) > 1 else f"{k}{v[0]}" for k, v in groups.items()]
+    return ", ".join(plain + ranged)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -239,7 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list registered nets, ops and losses")
     ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses"])
-    ls.add_argument("--details", action="store_true", help="nets: parameter counts and ports")
     ls.add_argument("--markdown", action="store_true", help="the reference documentation as Markdown")
     ls.add_argument("-o", "--output", help="with --markdown: write to this file")
     ls.set_defaults(func=cmd_list)
@@ -284,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kdgraph list | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

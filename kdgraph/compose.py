@@ -114,10 +114,10 @@ def _parent_paths(doc: dict, path: Path, where: Locator, problems: list[Problem]
     raw = doc.get("extends")
     if raw is None:
         return []
-    listed = [(("extends",), raw)] if isinstance(raw, str) else [(("extends", i), p) for i, p in enumerate(raw or [])]
-    if not isinstance(raw, (str, list)) or not all(isinstance(p, str) for _, p in listed):
+    if not (isinstance(raw, str) or (isinstance(raw, list) and all(isinstance(p, str) for p in raw))):
         problems.append(where.problem(("extends",), "extends takes a graph file or a list of them"))
         return []
+    listed = [(("extends",), raw)] if isinstance(raw, str) else [(("extends", i), p) for i, p in enumerate(raw)]
     return [(at, Path(os.path.normpath(path.parent / p))) for at, p in listed]
 
 

@@ -165,3 +165,9 @@ def test_validate_resolved_prints_the_merged_graph(capsys: pytest.CaptureFixture
     assert main(["validate", "--resolved", "--no-dry-run", str(FIXTURES / "combined.yaml")]) == 0
     out = capsys.readouterr().out
     assert "extends" not in out and "dkd" in out and "name: ce_kd_dkd" in out
+
+
+def test_extends_must_name_files(tmp_path: Path) -> None:
+    (tmp_path / "child.yaml").write_text("kdgraph: 1\nextends: {a: 1}\nname: c\nnodes: {a: {net: cnn}}\n")
+    (problem,) = problems_of(tmp_path / "child.yaml")
+    assert problem.message == "extends takes a graph file or a list of them" and problem.line == 2
