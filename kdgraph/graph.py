@@ -8,6 +8,7 @@ after its last use. Errors name the node or edge that failed.
 from __future__ import annotations
 
 import inspect
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,7 +343,7 @@ class DistillGraph(nn.Module):
             return self._loss_fns[edge.name](pred, target, **kwargs)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
             what = f"edge {edge.name!r} (loss {edge.loss}, edges[{edge.index}])"
-            if _shapes_differ(pred, target):
+            if _shapes_differ(pred, target) and re.search(r"shape|size|differ|match|dimension", str(e), re.I):
                 raise NodeError(
                     what,
                     f"{edge.dst} {_shape(pred, 'N')} and {edge.src} {_shape(target, 'N')} differ in shape",

@@ -298,7 +298,8 @@ def _schema_problem(err: Any, path: Path_, locator: Locator) -> list[Problem]:
             for key in _unknown_keys(err) or ["?"]
         ]
     if err.validator == "required":
-        return [locator.problem(path, err.message.replace("is a required property", "is required"))]
+        key = err.message.split(" is a required property")[0].strip("'\"")  # one error per missing key
+        return [locator.problem(path, f"{key!r} is required", _REQUIRED_HINTS.get(key))]
     if err.validator == "enum":
         allowed = ", ".join(repr(v) for v in err.validator_value)
         hint = did_you_mean(str(err.instance), [str(v) for v in err.validator_value])
@@ -327,6 +328,14 @@ def _schema_problem(err: Any, path: Path_, locator: Locator) -> list[Problem]:
     return [locator.problem(path, err.message)]
 
 
+_REQUIRED_HINTS = {
+    "kdgraph": "the spec version: kdgraph: 1",
+    "name": "a short identifier, e.g. name: kd",
+    "nodes": "e.g. nodes: {student: {net: resnet8x4}}",
+    "loss": "e.g. loss: kd (see `kdgraph list losses`)",
+    "from": "the target port, e.g. from: teacher.logits or from: data.label",
+    "to": "the learner port, e.g. to: student.logits",
+}
 _TYPE_NAMES = {
     "boolean": "true or false",
     "array": "a list",
