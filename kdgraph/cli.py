@@ -254,7 +254,12 @@ def _extra_commands() -> list[Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # overrides may follow options (`run g.yaml --out d train.epochs=2`): argparse leaves them over
+    if extra and hasattr(args, "items") and not any(a.startswith("-") for a in extra):
+        args.items = list(args.items) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except KDGraphError as e:
