@@ -277,13 +277,12 @@ def _extra_commands() -> list[Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # overrides may follow options (`run g.yaml --out d train.epochs=2`): argparse leaves those over
     args, extra = parser.parse_known_args(argv)
-    stray = [x for x in extra if x.startswith("-")]
-    if stray or (extra and not hasattr(args, "items")):
-        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
-    if extra:
-        args.items = [*args.items, *extra]
+    # overrides may follow options (`run g.yaml --out d train.epochs=2`): argparse leaves them over
+    if extra and hasattr(args, "items") and not any(a.startswith("-") for a in extra):
+        args.items = list(args.items) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except KDGraphError as e:

@@ -161,7 +161,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         ok = True
         for i, part in enumerate(path[:-1]):
             child = _child(parent, part)
-            if child is _MISSING and mode == "force" and isinstance(parent, dict):
+            if child is _MISSING and (mode == "force" or _has_default(path[: i + 1])) and isinstance(parent, dict):
                 child = parent[part] = {}  # ++ creates the mappings on its way
             if child is _MISSING:
                 hint = _key_hint(parent, part)
@@ -175,8 +175,14 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             continue
         last = path[-1]
         exists = _child(parent, last) is not _MISSING
+        if mode == "set" and not exists and _has_default(path):
+            mode = "add"  # a setting with a default exists even when the file does not write it
         if mode == "set" and not exists:
-            hint = _key_hint(parent, last) or f"use +{key}=... to add a new key"
+            known = list(parent) if isinstance(parent, dict) else []
+            known += list(_defaults_at(path[:-1]))
+            hint = (did_you_mean(str(last), sorted({str(k) for k in known})) if known else _key_hint(parent, last)) or (
+                f"use +{key}=... to add a new key"
+            )
             problems.append(Problem(format_path(path), f"{where}: no such key", file="<command line>", hint=hint))
             continue
         if mode == "add" and exists:
@@ -219,6 +225,23 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
 
 
 _MISSING = object()
+
+
+def _defaults_at(path: Path_) -> dict:
+    node: Any = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _has_default(path: Path_) -> bool:
+    """`train.limit_batches`, `data.subset`, `train.optimizer.nesterov`: keys with a built-in default."""
+    node: Any = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _child(parent: Any, part: Any) -> Any:
