@@ -19,8 +19,6 @@ import torch
 
 from .errors import CheckpointError, RunError
 
-KEEP = 2
-
 
 def atomic_write_bytes(path: Path, blob: bytes) -> None:
     """Write `blob` to `path` so that `path` is always either the old file or the whole new one."""
@@ -51,19 +49,46 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any], step: int) -> Path:
-    """Save `state` as checkpoint `step`, point latest.json at it, keep the last KEEP files."""
+    """Save `state` as a checkpoint of `step`, point latest.json at it, keep it and the one before.
+
+    A new file never replaces the one latest.json names (two saves at one step get two names), so
+    a crash between writing the file and repointing latest.json leaves the old pair consistent.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(state, buf)
     blob = buf.getvalue()
+    previous = _pointed(folder)
     path = folder / f"step-{step:09d}.pt"
+    n = 1
+    while path.exists():
+        path, n = folder / f"step-{step:09d}.{n}.pt", n + 1
     atomic_write_bytes(path, blob)
     meta = {"file": path.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "step": step}
+    if previous:
+        meta["previous"] = previous
     atomic_write_bytes(folder / "latest.json", json.dumps(meta).encode())
-    for old in sorted(folder.glob("step-*.pt"))[:-KEEP]:
-        if old.name != path.name:
+    keep = {path.name, previous}
+    for old in folder.glob("step-*.pt"):
+        if old.name not in keep:
             old.unlink(missing_ok=True)
+    for stale in folder.glob(".*.tmp-*"):  # left by a process killed mid-write
+        if not stale.name.endswith(f".tmp-{os.getpid()}"):
+            stale.unlink(missing_ok=True)
     return path
+
+
+def _pointed(folder: Path) -> str | None:
+    """The file latest.json names now, if it is readable."""
+    try:
+        return json.loads((folder / "latest.json").read_text())["file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """Whether a run wrote any checkpoint into `folder` (a pointer, or checkpoint files)."""
+    return (folder / "latest.json").exists() or any(folder.glob("step-*.pt"))
 
 
 def load_latest(folder: Path) -> dict[str, Any]:

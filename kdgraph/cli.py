@@ -7,31 +7,31 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import KDGraphError, SpecError
+from .errors import KDGraphError, RunError, SpecError
 
 
 def _split_args(items: list[str]) -> tuple[list[str], list[str]]:
-    """Graph files and overrides (anything with '=' or a leading '~'/'+') from one argument list."""
+    """Graph files and overrides from one argument list.
+
+    An override has '=' or starts with '~'/'+'; an item that is neither a file nor a .yaml name is
+    taken as an override too (`train.epochs` without a value), so its problem is named as such.
+    """
     files, overrides = [], []
     for item in items:
-        (overrides if ("=" in item or item.startswith(("~", "+"))) else files).append(item)
+        looks_like_file = item.endswith((".yaml", ".yml")) or Path(item).exists() or "/" in item
+        is_override = "=" in item or item.startswith(("~", "+")) or (files and not looks_like_file)
+        (overrides if is_override else files).append(item)
     return files, overrides
 
 
-def _data_info(spec):
-    from .data import data_info_of
-    from .graph import DataInfo
-
-    return DataInfo(*data_info_of(spec.data, spec.base_dir))
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .graph import dry_run
-    from .spec import dump_resolved, load_spec
+    from .graph import check_graph
+    from .spec import dump_resolved
 
     files, overrides = _split_args(args.items)
     if not files:
@@ -39,13 +39,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed: list[str] = []
     for f in files:
         try:
-            spec = load_spec(f, overrides)
-            if not args.no_dry_run:
-                dry_run(spec, _data_info(spec))
-            else:
-                from .graph import DistillGraph
-
-                DistillGraph(spec, _data_info(spec))
+            spec, _ = check_graph(f, overrides, dry=not args.no_dry_run)
         except KDGraphError as e:
             failed.extend(e.lines())
             continue
@@ -65,14 +59,12 @@ def _count(n: int) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .graph import DistillGraph
-    from .spec import load_spec
+    from .graph import check_graph
 
     files, overrides = _split_args(args.items)
     if len(files) != 1:
         raise SpecError("plan takes one graph file")
-    spec = load_spec(files[0], overrides)
-    graph = DistillGraph(spec, _data_info(spec))
+    spec, graph = check_graph(files[0], overrides, dry=False)
     plan = graph.plan
     print(f"{spec.name}: {spec.title}")
     for stage in plan.stages:
@@ -174,6 +166,7 @@ def _compact_ports(ports: list[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .graph import check_graph
     from .spec import load_spec
     from .train import Trainer, new_run_dir
 
@@ -186,24 +179,54 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         info_path = run_dir / "run.json"
         if not info_path.exists():
-            raise SpecError(f"{run_dir} is not a run directory (no run.json)")
-        info = json.loads(info_path.read_text())
-        spec = load_spec(info["source"], info["overrides"])
+            raise RunError(f"{run_dir} is not a run directory (no run.json); start it with kdgraph run GRAPH --out DIR")
+        try:
+            info = json.loads(info_path.read_text())
+            source, saved = info["source"], info["overrides"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise RunError(f"{info_path} is unreadable ({e}); start a new run instead") from None
+        spec = load_spec(source, saved)
         trainer = Trainer(spec, run_dir, resume=True, stop_after=args.stop_after)
+        created = False
     else:
         if len(files) != 1:
             raise SpecError("run takes one graph file (and key=value overrides)")
-        spec = load_spec(files[0], overrides)
+        spec, _ = check_graph(files[0], overrides)  # every problem before any directory is made
+        created = not (args.out and Path(args.out).exists())
         run_dir = new_run_dir(spec, args.out, args.force)
         trainer = Trainer(spec, run_dir, stop_after=args.stop_after)
     print(f"run {spec.name} -> {run_dir}")
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except KDGraphError:
+        if created:
+            _discard_unstarted(run_dir)
+        raise
     final = summary.get("final", {}).get("top1", {})
     for port, top1 in final.items():
         best = summary["best_top1"].get(port, top1)
         print(f"{port}: top-1 {top1:.2f}% (best {best:.2f}%)")
     print(f"done: {run_dir}")
     return 0
+
+
+def _discard_unstarted(run_dir: Path) -> None:
+    """A run that failed before its first checkpoint leaves no folder behind (there is nothing to resume)."""
+    from .checkpoint import has_checkpoint
+    from .train import RUN_FILES
+
+    if has_checkpoint(run_dir / "checkpoints"):
+        return
+    for name in RUN_FILES:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        elif target.exists():
+            target.unlink()
+    try:
+        run_dir.rmdir()
+    except OSError:  # something else is in it: leave it
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,13 +277,22 @@ def _extra_commands() -> list[Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # overrides may follow options (`run g.yaml --out d train.epochs=2`): argparse leaves them over
+    if extra and hasattr(args, "items") and not any(a.startswith("-") for a in extra):
+        args.items = list(args.items) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except KDGraphError as e:
         for line in e.lines():
             print(line, file=sys.stderr)
         return getattr(e, "exit_code", 2)
+    except OSError as e:  # the environment, not the graph: a full disk, a read-only or missing folder
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"kdgraph: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

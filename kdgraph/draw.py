@@ -369,7 +369,10 @@ def _add_stage(
     from .plan import DATA, node_of, port_of
 
     stage_spec = spec.stages[stage.index]
-    grad_nodes = {n for n in stage.order if n not in stage.no_grad}
+    # outputs that require gradient this stage (a parameter-free `detach`-like op's output does not)
+    grad_nodes = {
+        n for n in stage.order if n not in stage.no_grad and not (facts[n].stops_gradient and not facts[n].params)
+    }
     losses = (results.losses.get(stage.name, {}) if results else {}) or {}
     top1 = (results.top1.get(stage.name, {}) if results else {}) or {}
 
@@ -476,7 +479,8 @@ def _add_legend(d: Diagram) -> None:
         if has_both:
             edges.append(DEdge("lg_op", "lg_train", "loss", "loss, detach: false: gradient into both", True, True))
         if "param" in kinds:
-            edges.append(DEdge("lg_op", "lg_train", "param", "learned loss parameter", grad=True))
+            grad = any(e.grad for e in d.edges if e.kind == "param")
+            edges.append(DEdge("lg_op", "lg_train", "param", "loss parameter read from a port", grad=grad))
         if "ref" in kinds:
             edges.append(DEdge("lg_frozen", "lg_op", "ref", "module shared (call)"))
     if "fit" in states:

@@ -7,6 +7,7 @@ and ends the process with exit status 2.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,19 @@ class KDGraphError(Exception):
 
 
 class SpecError(KDGraphError):
-    """All problems of a graph file at once."""
+    """All problems of a graph file at once.
 
-    def __init__(self, problems: list[Problem] | Problem | str):
+    ``spec`` is the normalised GraphSpec when loading got that far despite the problems, so later
+    phases (building nodes, checking ports) can still look for more problems to report together.
+    """
+
+    def __init__(self, problems: list[Problem] | Problem | str, spec: Any = None):
         if isinstance(problems, str):
             problems = [Problem("", problems)]
         elif isinstance(problems, Problem):
             problems = [problems]
         self.problems: list[Problem] = list(problems)
+        self.spec = spec
         super().__init__("\n".join(p.format() for p in self.problems))
 
     def lines(self) -> list[str]:
@@ -60,9 +66,9 @@ class PlanError(SpecError):
 class NodeError(KDGraphError):
     """A node or a loss edge failed while running; names it and says what it received."""
 
-    def __init__(self, what: str, message: str):
-        self.what = what
-        super().__init__(f"{what}: {message}")
+    def __init__(self, what: str, message: str, hint: str | None = None):
+        self.what, self.message, self.hint = what, message, hint
+        super().__init__(f"{what}: {message}" + (f" ({hint})" if hint else ""))
 
 
 class DataError(KDGraphError):

@@ -8,17 +8,32 @@ after its last use. Errors name the node or edge that failed.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import torch
 from torch import nn
 
-from .errors import NodeError, PlanError, SpecError
+from .errors import NodeError, PlanError, Problem, SpecError
 from .nets.base import PortNet
-from .plan import DATA, NodeFacts, Plan, StagePlan, Step, make_plan, node_of, topo_order
+from .plan import (
+    DATA,
+    NodeFacts,
+    Plan,
+    StagePlan,
+    Step,
+    dataflow_graph,
+    make_plan,
+    node_of,
+    node_refs,
+    port_problems,
+    topo_order,
+)
 from .registry import LOSSES, NETS, OPS, PortInfo, load_builtins
-from .spec import ENGINE_ARGS, EdgeSpec, GraphSpec, NodeSpec
+from .spec import ENGINE_ARGS, EdgeSpec, GraphSpec, NodeSpec, load_spec, sort_problems
 
 
 @dataclass(frozen=True)
@@ -51,21 +66,12 @@ class DistillGraph(nn.Module):
         self.spec, self.data_info = spec, data
         self.nodes = nn.ModuleDict()
         self._taps: dict[str, dict[str, torch.Tensor]] = {}
-        facts: dict[str, NodeFacts] = {}
-        problems = []
-        for name in topo_order(spec):
-            try:
-                module, ports = self._build(spec.nodes[name], facts)
-            except SpecError as e:
-                problems += e.problems
-                continue
-            self.nodes[name] = module
-            stops = bool(getattr(module, "stops_gradient", False)) or spec.nodes[name].type == "detach"
-            facts[name] = NodeFacts(ports, sum(p.numel() for p in module.parameters()), stops)
-        if problems:
-            raise SpecError(problems)
-        self.facts = facts
-        self.plan: Plan = make_plan(spec, facts)
+        self.facts: dict[str, NodeFacts] = {}
+        problems = self._build_nodes(topo_order(spec))
+        ports = port_problems(spec, self.facts)
+        if problems or ports:
+            raise (SpecError if problems else PlanError)(sort_problems(problems + ports))
+        self.plan: Plan = make_plan(spec, self.facts)
         self._loss_fns = {e.name: LOSSES.get(e.loss).obj for e in spec.edges}
         self._loss_takes_labels = {e.name: _accepts(LOSSES.get(e.loss).obj, "labels") for e in spec.edges}
         self._edges = {e.name: e for e in spec.edges}
@@ -79,6 +85,48 @@ class DistillGraph(nn.Module):
         self.gradless: dict[int, list[str]] = {}
         self.stage: StagePlan = self.plan.stages[0]
         self.set_epoch(1)
+
+    def _build_nodes(self, order: list[str], skip: set[str] = frozenset()) -> list[Problem]:
+        """Build the nodes in `order` whose inputs are built; every node's problems, not just the first."""
+        problems: list[Problem] = []
+        for name in order:
+            node = self.spec.nodes[name]
+            needs = [node_of(p) for p in node.inputs] + node_refs(self.spec, name)
+            if name in skip or any(n not in self.facts and n != DATA for n in needs):
+                continue  # already reported, or fed by a node that could not be built
+            try:
+                module, ports = self._build(node, self.facts)
+            except SpecError as e:
+                problems += e.problems
+                continue
+            self.nodes[name] = module
+            stops = bool(getattr(module, "stops_gradient", False)) or node.type == "detach"
+            self.facts[name] = NodeFacts(ports, sum(p.numel() for p in module.parameters()), stops)
+        return problems
+
+    @classmethod
+    def problems_of(cls, spec: GraphSpec, data: DataInfo, known: list[Problem]) -> list[Problem]:
+        """More problems of a spec that already has `known` ones: build what can be built, check its ports.
+
+        Nodes and ports with a known problem, in a cycle or fed by such a node are left alone, so
+        nothing is reported twice and no problem is a mere echo of another.
+        """
+        load_builtins()
+        graph = cls.__new__(cls)
+        nn.Module.__init__(graph)
+        graph.spec, graph.data_info = spec, data
+        graph.nodes, graph._taps, graph.facts = nn.ModuleDict(), {}, {}
+        blamed = {p.path for p in known}
+
+        def is_blamed(node: str) -> bool:  # a node with a known problem is not built again
+            return any(b == f"nodes.{node}" or b.startswith((f"nodes.{node}.", f"nodes.{node}[")) for b in blamed)
+
+        g = dataflow_graph(spec)
+        looped = {n for c in nx.strongly_connected_components(g) for n in c if len(c) > 1 or g.has_edge(n, n)}
+        skip = {n for n, node in spec.nodes.items() if is_blamed(n) or not _registered(node)}
+        order = [n for n in nx.topological_sort(g.subgraph(set(g) - looped)) if n != DATA]
+        found = graph._build_nodes(order, skip)
+        return found + [p for p in port_problems(spec, graph.facts) if p.path not in blamed]
 
     # ------------------------------------------------------------------ building
 
@@ -382,19 +430,14 @@ class DistillGraph(nn.Module):
             return NodeError(f"node {step.name!r} ({node.kind} {node.type})", f"{_first_line(e)} [inputs: {shapes}]")
         edge = self._edges[step.name]
         pred, target = values.get(edge.dst), values.get(edge.src)
-        hint = ""
-        if (
-            isinstance(pred, torch.Tensor)
-            and isinstance(target, torch.Tensor)
-            and pred.shape != target.shape
-            and pred.dim() == 4
-            and target.dim() == 4
-        ):
-            hint = f"; add a connector op to map {edge.dst} to {tuple(target.shape[1:])}"
-        return NodeError(
-            f"edge {edge.name!r} (loss {edge.loss}, edges[{edge.index}])",
-            f"{_first_line(e)} [{edge.dst} {_shape(pred)}, {edge.src} {_shape(target)}]{hint}",
-        )
+        what = f"edge {edge.name!r} (loss {edge.loss}, edges[{edge.index}])"
+        if _shapes_differ(pred, target) and re.search(r"shape|size|differ|match|dimension", str(e), re.I):
+            return NodeError(
+                what,
+                f"{edge.dst} {_shape(pred, 'N')} and {edge.src} {_shape(target, 'N')} differ in shape",
+                _adapter_hint(edge, pred, target),
+            )
+        return NodeError(what, f"{_first_line(e)} [{edge.dst} {_shape(pred)}, {edge.src} {_shape(target)}]")
 
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -416,6 +459,25 @@ def _is_float32_wrapper(fn: Any) -> bool:
     return hasattr(fn, "__wrapped__") and getattr(fn, "__code__", None) is float32(lambda: None).__code__
 
 
+def _shapes_differ(a: Any, b: Any) -> bool:
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape == b.shape:
+        return False
+    return [d for d in a.shape[1:] if d != 1] != [d for d in b.shape[1:] if d != 1]
+
+
+def _adapter_hint(edge: EdgeSpec, pred: torch.Tensor, target: torch.Tensor) -> str | None:
+    """The node that would make the learner's port fit the target's shape."""
+    name = f"{node_of(edge.dst)}_{edge.dst.split('.', 1)[1]}_to_{node_of(edge.src)}"
+    if pred.dim() == target.dim() and pred.dim() in (2, 4) and pred.shape[1] != target.shape[1]:
+        return (
+            f"add a connector node, e.g. {name}: {{op: connector, in: [{edge.dst}, {edge.src}]}}, "
+            f"and use {name}.out as `to`"
+        )
+    if pred.dim() == target.dim() == 4:
+        return f"add a pool node, e.g. {name}: {{op: pool, in: [{edge.dst}, {edge.src}]}}, and use {name}.out as `to`"
+    return None
+
+
 class _NodeView:
     """Read-only access to already built nodes, without registering them as submodules."""
 
@@ -432,13 +494,49 @@ class _NodeView:
         return self._modules.keys()
 
 
-def _shape(value: Any) -> str:
-    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+def _shape(value: Any, batch: str | None = None) -> str:
+    """(2, 64, 8, 8), or (N, 64, 8, 8) with batch="N"; a non-tensor's type name."""
+    if not isinstance(value, torch.Tensor):
+        return type(value).__name__
+    dims = [str(d) for d in value.shape]
+    if batch and dims:
+        dims[0] = batch
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().split("\n")[0]
     return text or type(e).__name__
+
+
+def _registered(node: NodeSpec) -> bool:
+    return node.type in (NETS if node.kind == "net" else OPS)
+
+
+def data_info(spec: GraphSpec) -> DataInfo:
+    """Classes, channels and image size from the `data:` section, without loading the data."""
+    from .data import data_info_of
+
+    return DataInfo(*data_info_of(spec.data, spec.base_dir))
+
+
+def check_graph(
+    path: str | Path, overrides: list[str] | None = None, *, dry: bool = True
+) -> tuple[GraphSpec, DistillGraph]:
+    """Load, build, plan and (with `dry`) dry-run a graph file, reporting every phase's problems at once.
+
+    A file with an unknown net, a misspelt port and a cycle gets all three in one SpecError: loading
+    finds the net and the cycle, building what can be built finds the port.
+    """
+    try:
+        spec = load_spec(path, overrides)
+    except SpecError as e:
+        if e.spec is None:
+            raise
+        more = DistillGraph.problems_of(e.spec, data_info(e.spec), e.problems)
+        raise type(e)(sort_problems(e.problems + more)) from None
+    info = data_info(spec)
+    return spec, (dry_run(spec, info) if dry else DistillGraph(spec, info))
 
 
 def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
@@ -471,11 +569,8 @@ def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
             graph.zero_grad(set_to_none=True)
             graph.evaluate(image)
         except NodeError as e:
-            problems.append(
-                spec.problem(
-                    _error_path(spec, e), str(e) + (f" (stage {stage.name!r})" if spec.doc.get("stages") else "")
-                )
-            )
+            where = f" in stage {stage.name!r}" if spec.doc.get("stages") else ""
+            problems.append(spec.problem(_error_path(spec, e), f"{e.what}: {e.message}{where}", e.hint))
             break
         except RuntimeError as e:  # the forward worked: the backward did not
             where = f" of stage {stage.name!r}" if spec.doc.get("stages") else ""
@@ -496,4 +591,4 @@ def _error_path(spec: GraphSpec, e: NodeError) -> tuple:
     return ()
 
 
-__all__ = ["DataInfo", "DistillGraph", "dry_run", "node_of"]
+__all__ = ["DataInfo", "DistillGraph", "check_graph", "data_info", "dry_run", "node_of"]

@@ -98,24 +98,33 @@ def node_refs(spec: GraphSpec, name: str) -> list[str]:
     return [node.params[k] for k in keys if isinstance(node.params.get(k), str) and node.params[k] in spec.nodes]
 
 
+def cycle_problems(spec: GraphSpec) -> list[Problem]:
+    """One problem per loop of the data-flow graph, printed `a -> b -> a`, at the first node's `in`."""
+    g = dataflow_graph(spec)
+    rank = {n: i for i, n in enumerate(spec.nodes)}
+    problems = []
+    for component in sorted(nx.strongly_connected_components(g), key=lambda c: min(rank.get(n, -1) for n in c)):
+        first = min(component, key=lambda n: rank.get(n, -1))
+        if len(component) == 1 and not g.has_edge(first, first):
+            continue
+        sub = g.subgraph(component)  # the shortest loop through the file's first node of this knot
+        names = [first, *min((nx.shortest_path(sub, nxt, first) for nxt in sub.successors(first)), key=len)]
+        problems.append(
+            spec.problem(
+                ("nodes", names[0], "in"),
+                "cycle: " + " -> ".join(names),
+                "a node cannot depend on its own output; break the loop",
+            )
+        )
+    return problems
+
+
 def topo_order(spec: GraphSpec) -> list[str]:
     """Nodes in an order where every input is computed first; a cycle is a PlanError `a -> b -> a`."""
+    cycles = cycle_problems(spec)
+    if cycles:
+        raise PlanError(cycles)
     g = dataflow_graph(spec)
-    try:
-        cycle = nx.find_cycle(g)
-    except nx.NetworkXNoCycle:
-        cycle = None
-    if cycle:
-        names = [u for u, _ in cycle] + [cycle[0][0]]
-        raise PlanError(
-            [
-                spec.problem(
-                    ("nodes", names[0], "in"),
-                    "cycle: " + " -> ".join(names),
-                    "a node cannot depend on its own output; break the loop",
-                )
-            ]
-        )
     # stable: ties are broken by the order of the file
     rank = {n: i for i, n in enumerate(spec.nodes)}
     return [n for n in nx.lexicographical_topological_sort(g, key=lambda n: rank.get(n, -1)) if n != DATA]
@@ -126,6 +135,8 @@ def port_problems(spec: GraphSpec, facts: dict[str, NodeFacts]) -> list[Problem]
     problems: list[Problem] = []
 
     def check(port: str, path: tuple) -> None:
+        if not isinstance(port, str) or "." not in port:
+            return  # not a port at all: the loader reports it
         node, name = port.split(".", 1)
         known = DATA_INFO if node == DATA else facts[node].ports if node in facts else None
         if known is not None and name not in known:

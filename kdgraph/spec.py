@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from . import expr
-from .errors import Problem, SpecError, did_you_mean
+from .errors import PlanError, Problem, SpecError, did_you_mean
 from .registry import LOSSES, NETS, OPS, Entry, RegistryError, load_builtins
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "graph.schema.json"
@@ -161,7 +161,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         ok = True
         for i, part in enumerate(path[:-1]):
             child = _child(parent, part)
-            if child is _MISSING and mode == "force" and isinstance(parent, dict):
+            if child is _MISSING and (mode == "force" or _has_default(path[: i + 1])) and isinstance(parent, dict):
                 child = parent[part] = {}  # ++ creates the mappings on its way
             if child is _MISSING:
                 hint = _key_hint(parent, part)
@@ -175,8 +175,14 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             continue
         last = path[-1]
         exists = _child(parent, last) is not _MISSING
+        if mode == "set" and not exists and _has_default(path):
+            mode = "add"  # a setting with a default exists even when the file does not write it
         if mode == "set" and not exists:
-            hint = _key_hint(parent, last) or f"use +{key}=... to add a new key"
+            known = list(parent) if isinstance(parent, dict) else []
+            known += list(_defaults_at(path[:-1]))
+            hint = (did_you_mean(str(last), sorted({str(k) for k in known})) if known else _key_hint(parent, last)) or (
+                f"use +{key}=... to add a new key"
+            )
             problems.append(Problem(format_path(path), f"{where}: no such key", file="<command line>", hint=hint))
             continue
         if mode == "add" and exists:
@@ -221,6 +227,23 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
 _MISSING = object()
 
 
+def _defaults_at(path: Path_) -> dict:
+    node: Any = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _has_default(path: Path_) -> bool:
+    """`train.limit_batches`, `data.subset`, `train.optimizer.nesterov`: keys with a built-in default."""
+    node: Any = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _child(parent: Any, part: Any) -> Any:
     if isinstance(parent, dict):
         return parent.get(part, _MISSING)
@@ -233,7 +256,7 @@ def _key_hint(parent: Any, part: Any) -> str | None:
     if isinstance(parent, dict):
         return did_you_mean(str(part), [str(k) for k in parent])
     if isinstance(parent, list):
-        return f"the list has {len(parent)} items (indices 0..{len(parent) - 1}; +key appends at index {len(parent)})"
+        return f"the list has {len(parent)} items, indices 0..{len(parent) - 1}; +key appends at index {len(parent)}"
     return None
 
 
@@ -245,37 +268,110 @@ def schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
 
 
-def schema_problems(doc: Any, locator: Locator) -> list[Problem]:
+def _schema_errors(doc: Any) -> list[Any]:
+    """The most specific schema errors: inside `anyOf`, those of the branch a mapping or list was meant for."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema())
-    problems = []
-    for err in sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]):
-        path = tuple(err.absolute_path)
-        problems.append(_schema_problem(err, path, locator))
-    return _dedupe(problems)
+    errors = [leaf for err in validator.iter_errors(doc) for leaf in _leaves(err)]
+    return sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])
 
 
-def _schema_problem(err: Any, path: Path_, locator: Locator) -> Problem:
+def _leaves(err: Any) -> list[Any]:
+    # {value: 1, warmpu: 5} as a weight fails "number", "string" and "schedule": only the last is news
+    if err.validator == "anyOf" and isinstance(err.instance, (dict, list)):
+        inner = [c for c in err.context if c.validator != "type"]
+        if inner:
+            return [leaf for c in inner for leaf in _leaves(c)]
+    return [err]
+
+
+def schema_problems(doc: Any, locator: Locator) -> list[Problem]:
+    """Every JSON Schema violation of `doc`, located, with the fix where one is known."""
+    return _dedupe([p for err in _schema_errors(doc) for p in _schema_problem(err, tuple(err.absolute_path), locator)])
+
+
+def _unknown_keys(err: Any) -> list[str]:
+    return sorted(set(err.instance) - set(err.schema.get("properties", {})), key=str)
+
+
+def prune_unknown_keys(doc: Any) -> bool:
+    """Drop the keys the schema does not know, so checking can go on; True when the rest is valid.
+
+    A misspelt key is reported by itself; what the rest of the file says is still worth checking.
+    """
+    for _ in range(8):  # an unknown key may hide another one inside a sibling: a few rounds suffice
+        errors = _schema_errors(doc)
+        if not errors:
+            return True
+        unknown = [e for e in errors if e.validator == "additionalProperties" and e.validator_value is False]
+        if len(unknown) != len(errors):
+            return False
+        for err in unknown:
+            for key in _unknown_keys(err):
+                err.instance.pop(key, None)
+    return False
+
+
+def _schema_problem(err: Any, path: Path_, locator: Locator) -> list[Problem]:
     if err.validator == "additionalProperties":
-        unknown = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        key = unknown[0] if unknown else "?"
-        hint = did_you_mean(key, list(err.schema.get("properties", {})))
-        return locator.problem((*path, key), f"unknown key {key!r}", hint or "see schemas/graph.schema.json")
+        known = list(err.schema.get("properties", {}))
+        return [
+            locator.problem((*path, key), f"unknown key {key!r}", did_you_mean(str(key), known) or _known(known))
+            for key in _unknown_keys(err) or ["?"]
+        ]
     if err.validator == "required":
-        return locator.problem(path, err.message.replace("is a required property", "is required"))
+        key = err.message.split(" is a required property")[0].strip("'\"")  # one error per missing key
+        return [locator.problem(path, f"{key!r} is required", _REQUIRED_HINTS.get(key))]
     if err.validator == "enum":
         allowed = ", ".join(repr(v) for v in err.validator_value)
         hint = did_you_mean(str(err.instance), [str(v) for v in err.validator_value])
-        return locator.problem(path, f"{err.instance!r} is not one of {allowed}", hint)
-    if err.validator == "oneOf" and path and path[0] == "nodes":
-        return locator.problem(path, "a node needs exactly one of 'net' or 'op'")
+        return [locator.problem(path, f"{err.instance!r} is not one of {allowed}", hint)]
+    if err.validator == "const":
+        return [locator.problem(path, f"must be {err.validator_value!r}, not {err.instance!r}")]
+    if err.validator == "oneOf" and len(path) == 2 and path[0] == "nodes" and isinstance(err.instance, dict):
+        if "net" in err.instance and "op" in err.instance:
+            return [locator.problem(path, "a node is a 'net' or an 'op', not both", "keep one of them")]
+        return [locator.problem(path, "a node needs 'net: NAME' or 'op: NAME'", "see `kdgraph list`")]
     if err.validator in ("anyOf", "oneOf"):
-        desc = err.schema.get("description", "")
-        return locator.problem(path, f"{err.instance!r} is not valid here" + (f": {desc}" if desc else ""))
-    if err.validator == "propertyNames":
-        return locator.problem(path, f"{err.instance!r}: node names are identifiers and 'data' is reserved")
-    return locator.problem(path, err.message)
+        desc = err.schema.get("description", "").rstrip(".")
+        return [locator.problem(path, f"{err.instance!r} is not valid here", desc[:1].lower() + desc[1:] or None)]
+    if err.validator == "type":
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        names = " or ".join(_TYPE_NAMES.get(t, t) for t in wanted)
+        return [locator.problem(path, f"expected {names}, not {err.instance!r}")]
+    if "propertyNames" in err.schema_path:
+        return [
+            locator.problem(
+                (*path, err.instance),
+                f"bad node name {err.instance!r}",
+                "a node name is letters, digits and _, not starting with a digit; 'data' is reserved",
+            )
+        ]
+    return [locator.problem(path, err.message)]
+
+
+_REQUIRED_HINTS = {
+    "kdgraph": "the spec version: kdgraph: 1",
+    "name": "a short identifier, e.g. name: kd",
+    "nodes": "e.g. nodes: {student: {net: resnet8x4}}",
+    "loss": "e.g. loss: kd (see `kdgraph list losses`)",
+    "from": "the target port, e.g. from: teacher.logits or from: data.label",
+    "to": "the learner port, e.g. to: student.logits",
+}
+_TYPE_NAMES = {
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "null": "nothing (null)",
+}
+
+
+def _known(names: list[str]) -> str:
+    return "known keys: " + ", ".join(names) if names else "no keys are allowed here"
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -318,6 +414,7 @@ def resolve_vars(doc: dict, locator: Locator) -> tuple[Any, list[Problem]]:
             break
     for name in pending:
         problems.append(locator.problem(("vars", name), "vars refer to each other in a cycle", "break the cycle"))
+    broken = {p.path.split(".", 1)[1] for p in problems}
 
     def walk(obj: Any, path: Path_) -> Any:
         if isinstance(obj, dict):
@@ -328,7 +425,8 @@ def resolve_vars(doc: dict, locator: Locator) -> tuple[Any, list[Problem]]:
             try:
                 return expr.substitute(obj, env)
             except expr.ExprError as e:
-                problems.append(locator.problem(path, str(e), e.hint))
+                if not any(re.search(rf"\b{re.escape(b)}\b", obj) for b in broken):  # else: an echo
+                    problems.append(locator.problem(path, str(e), e.hint))
                 return obj
         return obj
 
@@ -476,10 +574,15 @@ def load_document(path: str | Path, problems: list[Problem], locator: Locator) -
     path = Path(path)
     doc = read_yaml(path, locator, problems)
     if not isinstance(doc, dict):
-        raise SpecError(Problem("", "a graph file must be a mapping (kdgraph: 1, name:, nodes:, ...)", 1, str(path)))
+        raise SpecError(
+            problems + [Problem("", "a graph file must be a mapping (kdgraph: 1, name:, nodes:, ...)", 1, str(path))]
+        )
     if doc.get("extends"):
-        from .compose import resolve_extends
-
+        try:
+            from .compose import resolve_extends
+        except ImportError:
+            problems.append(locator.problem(("extends",), "extends is not available in this build"))
+            return doc
         doc = resolve_extends(doc, path, locator, problems)
     return doc
 
@@ -491,7 +594,12 @@ def load_spec(
     document: dict | None = None,
     check_registry: bool = True,
 ) -> GraphSpec:
-    """Load, override, validate and normalise a graph file; raise one SpecError with every problem."""
+    """Load, override, validate and normalise a graph file; raise one SpecError with every problem.
+
+    The phases (YAML, overrides, JSON Schema, vars, names, ports, cycles) go on as far as the file
+    allows, so one report lists the problems of all of them. When the spec could be normalised the
+    SpecError carries it, for the builder to look for more (see ``graph.check_graph``).
+    """
     overrides = list(overrides or [])
     problems: list[Problem] = []
     locator = Locator(default_file=str(path) if path else "<graph>")
@@ -502,22 +610,44 @@ def load_spec(
         doc = load_document(path, problems, locator)
     problems += apply_overrides(doc, overrides, locator)
     if doc.get("plugins") and path is not None:
-        from .plugins import load_graph_plugins
-
-        problems += load_graph_plugins(doc["plugins"], Path(path).parent, locator)
+        try:
+            from .plugins import load_graph_plugins
+        except ImportError:
+            problems.append(locator.problem(("plugins",), "plugins are not available in this build"))
+        else:
+            problems += load_graph_plugins(doc["plugins"], Path(path).parent, locator)
     schema_errors = schema_problems(doc, locator)
-    if schema_errors:
-        raise SpecError(_dedupe(problems + schema_errors))
+    problems += schema_errors
+    if schema_errors and not prune_unknown_keys(doc):
+        raise SpecError(sort_problems(problems))
     doc, var_problems = resolve_vars(doc, locator)
     problems += var_problems
-    if var_problems:
-        raise SpecError(_dedupe(problems))
-    spec = _normalise(doc, Path(path) if path else None, locator, overrides, problems)
-    if check_registry:
-        problems += registry_problems(spec)
+    if not var_problems:  # values that came from ${...} have their types checked now
+        typed = schema_problems(doc, locator)
+        if typed:
+            raise SpecError(sort_problems(problems + typed))
+    try:
+        spec = _normalise(doc, Path(path) if path else None, locator, overrides, problems)
+        if check_registry:
+            problems += registry_problems(spec)
+        from .plan import cycle_problems
+
+        cycles = cycle_problems(spec)
+        problems += cycles
+    except (TypeError, ValueError, KeyError, AttributeError):
+        if problems:  # an unresolved ${...} or a set-aside key broke what follows: report what we know
+            raise SpecError(sort_problems(problems)) from None
+        raise
     if problems:
-        raise SpecError(_dedupe(problems))
+        kind = PlanError if len(problems) == len(cycles) else SpecError  # a loop alone is the planner's finding
+        raise kind(sort_problems(problems), spec=spec if not var_problems else None)
     return spec
+
+
+def sort_problems(problems: list[Problem]) -> list[Problem]:
+    """Without duplicates; command-line problems first, then by file and line (stable otherwise)."""
+    order = {f: i for i, f in enumerate(dict.fromkeys(p.file for p in problems))}
+    return sorted(_dedupe(problems), key=lambda p: (p.file != "<command line>", order[p.file], p.line if p.line else 0))
 
 
 def _normalise(
@@ -602,8 +732,15 @@ def _normalise(
                 i,
             )
         )
-    if [s.name for s in stages].count("main") > 1 or len({s.name for s in stages}) != len(stages):
-        problems.append(locator.problem(("stages",), "stage names must be unique"))
+    seen_stages: set[str] = set()
+    for stage in stages:
+        if stage.name in seen_stages:
+            problems.append(
+                locator.problem(
+                    ("stages", stage.index, "name"), f"stage name {stage.name!r} is used twice", "rename one"
+                )
+            )
+        seen_stages.add(stage.name)
     if not stages:
         stages = [StageSpec("main", edge_names, int(train["epochs"]), train, eval=list(train["eval"]))]
     return GraphSpec(

@@ -75,6 +75,7 @@ class LossMeter:
 
     def __init__(self, edges: int, capacity: int, device: torch.device | str):
         self.rows = torch.zeros(max(capacity, 1), edges, device=device)
+        self.weights: list[float] | None = None  # the edges' loss weights, for the total's column
         self.start(1)
 
     def start(self, step: int, sums: torch.Tensor | None = None, steps: int = 0) -> None:
@@ -84,7 +85,7 @@ class LossMeter:
         if sums is not None:
             self.base += sums.to(self.rows.device, torch.float64)
         self.base_steps, self.k, self.first_step = steps, 0, step
-        self.folded_bad = [-1] * edges  # first non-finite step of each edge among folded rows
+        self.folded_bad = [-1] * (edges + 1)  # first non-finite step of each edge and the total, folded rows
 
     def add(self, losses: torch.Tensor) -> None:
         """Record one step's edge losses (a device-to-device copy)."""
@@ -94,7 +95,7 @@ class LossMeter:
         self.k += 1
 
     def _fold(self) -> None:
-        self.folded_bad = self._merge(self.folded_bad, self._first_bad_rows())
+        self.folded_bad = self._merge(self.folded_bad, self._first_bad_rows(self.weights))
         self.base += self._finite_sum()
         self.base_steps += self.k
         self.first_step += self.k
@@ -104,8 +105,11 @@ class LossMeter:
         rows = self.rows[: self.k].double()
         return torch.where(torch.isfinite(rows), rows, torch.zeros_like(rows)).sum(0)
 
-    def _first_bad_rows(self) -> list[int]:
-        rows = self.rows[: self.k]
+    def _first_bad_rows(self, weights: list[float] | None) -> list[int]:
+        """First non-finite step per edge, then of the weighted total (recomputed from the rows, in float64)."""
+        rows = self.rows[: self.k].double()
+        w = torch.tensor(weights if weights is not None else [1.0] * rows.shape[1], dtype=rows.dtype)
+        rows = torch.cat([rows, (rows * w.to(rows.device)).sum(1, keepdim=True)], 1)
         steps = torch.arange(self.k, device=rows.device)[:, None].expand_as(rows)
         first = torch.where(torch.isfinite(rows), torch.full_like(steps, self.k), steps).amin(0, keepdim=True)
         return [int(f) + self.first_step if f < self.k else -1 for f in first[0].tolist()] if self.k else []
@@ -119,8 +123,10 @@ class LossMeter:
         return {"losses": (self.base + self._finite_sum()).cpu(), "steps": self.base_steps + self.k}
 
     def first_bad(self, accelerator: Any = None) -> list[int]:
-        """The first global step at which each edge's loss was NaN/Inf in this window (-1: none), over processes."""
-        bad = self._merge(self.folded_bad, self._first_bad_rows())
+        """The first global step at which each edge's loss, then their weighted sum, was NaN/Inf in this
+        window (-1: never), over processes. The sum is recomputed here with ``weights`` from the recorded
+        losses, so the step itself need not record it (a float32 overflow of the sum alone goes unseen)."""
+        bad = self._merge(self.folded_bad, self._first_bad_rows(self.weights))
         if accelerator is not None and accelerator.num_processes > 1:
             never = 2**62
             flags = torch.tensor([b if b >= 0 else never for b in bad], device=accelerator.device)

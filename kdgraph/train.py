@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -25,7 +26,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .data import Dataset, Loader, load_dataset, make_loaders
-from .errors import CheckpointError, RunError, SpecError
+from .errors import CheckpointError, DataError, RunError, SpecError
 from .graph import DataInfo, DistillGraph, dry_run
 from .plan import StagePlan
 from .spec import GraphSpec, dump_resolved, load_spec, merge
@@ -132,6 +133,9 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.cwd() / "runs" / "cache"))
 
 
+RUN_FILES = ("run.json", "spec.yaml", "metrics.jsonl", "checkpoints", "summary.json", "final.pt")
+
+
 def use_cpu() -> bool:
     """Whether runs use the CPU: no CUDA, or KDGRAPH_CPU=1."""
     return not torch.cuda.is_available() or os.environ.get("KDGRAPH_CPU") == "1"
@@ -146,7 +150,7 @@ def launched_processes() -> int:
 
 
 def new_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
-    """A fresh run directory; an existing non-empty one is refused unless `force`.
+    """A fresh run directory; an existing non-empty one is refused, or with `force` emptied first.
 
     Under a multi-process launcher the main process chooses (the default name holds the time) and
     creates it, and every process receives the same path, or the same error.
@@ -170,6 +174,7 @@ def new_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
 
 
 def _make_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
+    """`force` only ever empties a folder that holds a kdgraph run, never any other folder."""
     if out is None:
         base = Path("runs") / spec.name / time.strftime("%Y%m%d-%H%M%S")
         run_dir, n = base, 1
@@ -177,11 +182,18 @@ def _make_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
             run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
     else:
         run_dir = Path(out)
-        if run_dir.exists() and any(run_dir.iterdir()) and not force:
-            raise RunError(
-                f"run directory {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
-                "pass --force to overwrite it, or choose another --out"
-            )
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunError(f"{run_dir} exists and is not a directory; choose another --out")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not force:
+                raise RunError(
+                    f"run directory {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
+                    "pass --force to overwrite it, or choose another --out"
+                )
+            if not any((run_dir / f).exists() for f in RUN_FILES):
+                raise RunError(f"{run_dir} is not a kdgraph run directory; --force will not empty it")
+            for child in run_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -247,12 +259,16 @@ class Trainer:
         self.last_eval: dict[str, dict[str, float]] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.stage_ends: dict[str, dict[str, Any]] = {}
+        self.saved_step: int | None = None  # step of the last checkpoint written
 
     # ------------------------------------------------------------------ setup
 
     def _prepare(self) -> None:
         seed_everything(int(self.spec.train["seed"]))
-        self.dataset: Dataset = load_dataset(self.spec.data, self.spec.base_dir, int(self.spec.train["seed"]))
+        try:
+            self.dataset: Dataset = load_dataset(self.spec.data, self.spec.base_dir, int(self.spec.train["seed"]))
+        except DataError as e:  # say which line of the graph file asked for it
+            raise DataError(self.spec.problem(("data", "dataset"), str(e)).format()) from None
         self.info = DataInfo(self.dataset.num_classes, self.dataset.channels, self.dataset.image_size)
         probe = dry_run(self.spec, self.info)
         seed_everything(int(self.spec.train["seed"]))  # the dry run must not change the real weights
@@ -286,7 +302,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ init actions
 
-    def _init_node(self, name: str, init: dict[str, Any]) -> None:
+    def _init_node(self, name: str, init: dict[str, Any], path: tuple) -> None:
+        """Apply one init action; a failure is reported at the graph file's line that asked for it."""
+        try:
+            self._apply_init(name, init)
+        except CheckpointError as e:
+            kind = next((k for k in ("checkpoint", "from", "stage", "snapshot") if k in init), None)
+            raise CheckpointError(self.spec.problem((*path, kind) if kind else path, str(e)).format()) from None
+
+    def _apply_init(self, name: str, init: dict[str, Any]) -> None:
         from .nets.checkpoint import load_checkpoint
 
         module = self.graph.nodes[name]
@@ -348,9 +372,9 @@ class Trainer:
         if stage_plan.index == 0:
             for name, node in self.spec.nodes.items():
                 if node.init:
-                    self._init_node(name, node.init)
+                    self._init_node(name, node.init, ("nodes", name, "init"))
         for name, init in spec_stage.init.items():
-            self._init_node(name, init)
+            self._init_node(name, init, ("stages", stage_plan.index, "init", name))
         if self._snapshot_needed(stage_plan.name, "snapshot"):
             self.snapshots[stage_plan.name] = self._snapshot()
             self._save_side("snapshots", stage_plan.name, self.snapshots[stage_plan.name])
@@ -381,14 +405,20 @@ class Trainer:
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if self.main:
-            with open(self.metrics_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-                fh.flush()
+            try:
+                with open(self.metrics_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                    fh.flush()
+            except OSError as e:  # the checkpoint names how many lines are good: a torn line is cut on resume
+                why = e.strerror or e
+                raise RunError(f"could not write {self.metrics_path} ({why}); the last checkpoint is kept") from None
 
     def _metrics_lines(self) -> int:
+        """Lines of metrics.jsonl, made durable first: the checkpoint about to name them must find them."""
         if not self.metrics_path.exists():
             return 0
-        with open(self.metrics_path) as fh:
+        with open(self.metrics_path, "rb+") as fh:
+            os.fsync(fh.fileno())
             return sum(1 for _ in fh)
 
     def _truncate_metrics(self, lines: int) -> None:
@@ -445,6 +475,7 @@ class Trainer:
             "stage_ends": list(self.stage_ends),
         }
         ckpt.save_checkpoint(self.run_dir / "checkpoints", state, pos.step)
+        self.saved_step = pos.step
 
     def _restore(self) -> tuple[Position, dict[str, Any]]:
         state = ckpt.load_latest(self.run_dir / "checkpoints")
@@ -459,10 +490,15 @@ class Trainer:
             ("stage_ends", state["stage_ends"], self.stage_ends),
         ):
             for name in names:
-                target[name] = torch.load(self.run_dir / kind / f"{name}.pt", map_location="cpu", weights_only=False)
+                side = self.run_dir / kind / f"{name}.pt"
+                try:
+                    target[name] = torch.load(side, map_location="cpu", weights_only=False)
+                except (OSError, RuntimeError, EOFError) as e:
+                    raise CheckpointError(f"cannot read {side} ({e}); start a new run") from None
         self.best, self.last_eval = state["best"], state["last_eval"]
         self._truncate_metrics(state["metrics_lines"])
         self._pending_rng = state["rng"]
+        self.saved_step = state["position"]["step"]
         return Position(**state["position"]), state
 
     # ------------------------------------------------------------------ the loop
@@ -470,6 +506,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self._prepare()
         resumed_state: dict[str, Any] | None = None
+        if self.resume and not ckpt.has_checkpoint(self.run_dir / "checkpoints"):
+            self.log(f"{self.run_dir} stopped before its first checkpoint: starting it from the beginning")
+            self._truncate_metrics(0)
+            self.resume = False
         if self.resume:
             pos, resumed_state = self._restore()
             self.log(
@@ -531,11 +571,14 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = group_lr(group["base_lr"], cfg["lr_schedule"], epoch, spec_stage.epochs)
             self.graph.set_epoch(epoch)
+            weights = self.graph.loss_weights()
+            meter.weights = [weights[n] for n in names]  # the NaN check recomputes the weighted total
             t_last, images = time.perf_counter(), 0
             # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
             for batch in train_loader.epoch(epoch, stage.index, pos.batch):
                 total, losses = step.forward(batch.image, batch.label, batch.index)
-                if skip_nan and not bool(torch.isfinite(losses).all()):  # on_nan: skip reads every step
+                # on_nan: skip must decide now, so it reads back every step
+                if skip_nan and not bool(torch.isfinite(losses).all() & torch.isfinite(total.detach())):
                     step.skip()
                     self.log(f"  skipped step {pos.step + 1}: non-finite loss")
                 else:
@@ -587,15 +630,26 @@ class Trainer:
         return tqdm(total=max(total, 0), desc=f"{self.spec.name}/{name}", leave=False, disable=None, dynamic_ncols=True)
 
     def _check_finite(self, first_bad: list[int], names: list[str], skip: bool) -> None:
+        """Stop at the first NaN/Inf loss, naming its edge and step; no checkpoint has seen it yet."""
         if skip:
             return
-        hits = [(s, names[i]) for i, s in enumerate(first_bad) if s >= 0]
-        if hits:
-            step, edge = min(hits)
-            raise RunError(
-                f"loss edge {edge!r} became NaN/Inf at step {step}; stopped, the last good checkpoint "
-                f"is kept in {self.run_dir / 'checkpoints'} (set train.on_nan: skip to skip such steps)"
-            )
+        hits = [(step, i) for i, step in enumerate(first_bad) if step >= 0]
+        if not hits:
+            return
+        step, i = min(hits)
+        if i < len(names):
+            edge = self.spec.edge(names[i])
+            path, what = ("edges", edge.index), f"loss edge {edge.name!r} became NaN/Inf at step {step}"
+        else:
+            path, what = ("edges",), f"the weighted sum of the losses became NaN/Inf at step {step} (check the weights)"
+        kept = f"step {self.saved_step}" if self.saved_step is not None else "none yet"
+        raise RunError(
+            self.spec.problem(
+                path,
+                f"{what}; stopped. Last good checkpoint: {kept}, in {self.run_dir / 'checkpoints'}",
+                "lower the lr or fix the loss, or set train.on_nan: skip to skip such steps",
+            ).format()
+        )
 
     def _log_train(
         self,

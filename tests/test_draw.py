@@ -444,3 +444,23 @@ def test_docs_embed_the_current_slkd_diagram() -> None:
     assert block == to_mermaid(graph_diagram(path)[1]), (
         "docs/diagrams.md is stale: replace its slkd-mermaid block with `kdgraph draw graphs/slkd.yaml --format mmd`"
     )
+
+
+def test_no_gradient_arrow_through_a_detach_op(tmp_path: Path) -> None:
+    graph = """\
+kdgraph: 1
+name: probe
+data: {dataset: digits}
+nodes:
+  student: {net: cnn, width: 4}
+  frozen_feat: {op: detach, in: [student.pooled]}
+  probe: {op: linear_head, in: [frozen_feat.out]}
+edges:
+  - {loss: ce, from: data.label, to: student.logits}
+  - {loss: ce, from: data.label, to: probe.out}
+"""
+    d = diagram_of(write(tmp_path, "probe.yaml", graph))
+    flows = {(e.src, e.dst): e for e in d.edges if e.kind == "flow"}
+    assert not flows[("n_student", "n_frozen_feat")].grad and not flows[("n_frozen_feat", "n_probe")].grad
+    assert "stops gradient" in d.node("n_frozen_feat").lines
+    assert d.node("n_probe").state == "trainable"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdgraph.errors import PlanError
 from kdgraph.graph import DataInfo, DistillGraph
@@ -140,3 +141,23 @@ stages:
     plan = graph_of(tmp_path, text).plan
     assert plan.stages[0].trainable == ["t"] and plan.stages[0].order == ["t"]
     assert plan.stages[1].trainable == ["s"] and "t" in plan.stages[1].no_grad
+
+
+def test_a_loss_reading_labels_keeps_them_alive(tmp_path: Path) -> None:
+    # dkd reads data.label itself: the labels must outlive the CE edge that runs before it
+    text = HEAD + """\
+nodes:
+  t: {net: mlp, frozen: true}
+  s: {net: mlp}
+edges:
+  - {loss: ce, from: data.label, to: s.logits}
+  - {loss: dkd, from: t.logits, to: s.logits}
+"""
+    graph = graph_of(tmp_path, text)
+    image, label = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    total, losses = graph(image, label, torch.arange(4))
+    assert losses.shape == (2,) and torch.isfinite(total)
+    freed = [k for step in graph.plan.stages[0].program for k in step.free]
+    assert freed.count("data.label") == 1
+    last = max(i for i, s in enumerate(graph.plan.stages[0].program) if "data.label" in s.free)
+    assert graph.plan.stages[0].program[last].name == "dkd:t->s"

@@ -108,7 +108,7 @@ def test_loss_meter_exact_first_bad_step_means_and_resume() -> None:
     saved = meter.state()
     for r in rows[2:]:  # the fifth row overflows the capacity: rows are folded, nothing is lost
         meter.add(torch.tensor(r))
-    assert meter.first_bad() == [-1, 12]
+    assert meter.first_bad() == [-1, 12, 12]  # per edge, then the weighted total
     means, steps = meter.read()
     assert steps == 5 and means == pytest.approx([5.0, 18.0 / 5])  # non-finite values count as 0
     again = LossMeter(2, capacity=3, device="cpu")  # a resumed window: carried sums, then the rest
@@ -116,7 +116,7 @@ def test_loss_meter_exact_first_bad_step_means_and_resume() -> None:
     for r in rows[2:]:
         again.add(torch.tensor(r))
     assert again.read() == meter.read()
-    assert again.first_bad() == [-1, 14]  # the resumed part only knows its own steps
+    assert again.first_bad() == [-1, 14, 14]  # the resumed part only knows its own steps
 
 
 def test_graph_program_traces_as_one_graph_and_is_not_recompiled_each_epoch(tmp_path: Path) -> None:

@@ -86,10 +86,10 @@ class Identity(Op):
 
 @register_op("temperature")
 class Temperature(Op):
-    """CTKD's learnable global temperature: T = t_min + t_range * sigmoid(t), a 0-dim tensor; t starts at init.
+    """CTKD's learnable global temperature: T = t_min + t_range * sigmoid(t), a 0-dim tensor; t starts at t_init.
 
     Takes no inputs (``in:`` omitted or empty); inputs given anyway are ignored, so the node may
-    also hang off any port. Defaults t_min=1, t_range=20, init=1: T in (1, 21), T = 1 + 20
+    also hang off any port. Defaults t_min=1, t_range=20, t_init=1: T in (1, 21), T = 1 + 20
     sigmoid(1) ~ 15.6 at the start. Typical graph::
 
         temp: {op: temperature}
@@ -100,9 +100,10 @@ class Temperature(Op):
     node says ``optim``). Output ``out``: a 0-dim float32 tensor.
     """
 
-    def __init__(self, init: float = 1.0, t_min: float = 1.0, t_range: float = 20.0):
+    # `t_init`, not `init`: a node's `init:` key names where its weights come from
+    def __init__(self, t_init: float = 1.0, t_min: float = 1.0, t_range: float = 20.0):
         super().__init__()
-        self.t = nn.Parameter(torch.tensor(float(init)))
+        self.t = nn.Parameter(torch.tensor(float(t_init)))
         self.t_min, self.t_range = float(t_min), float(t_range)
 
     def forward(self, *ignored: torch.Tensor) -> torch.Tensor:
