@@ -2,6 +2,7 @@
 
     python benchmarks/step_overhead.py                 # every case, on the GPU when there is one
     python benchmarks/step_overhead.py --device cpu --cases mlp,kd
+    python benchmarks/step_overhead.py --threads 1      # on a shared machine: no oversubscribed threads
 
 For each case the same graph is trained two ways in one process, from the same weights, on the same
 batch already in memory, with the same optimizer (class, fused/foreach flags, one param group per
