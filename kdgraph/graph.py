@@ -258,6 +258,8 @@ class DistillGraph(nn.Module):
                 total = total + self._weights[step.name] * loss
             for key in step.free:
                 values.pop(key, None)
+        if not losses:  # a fit-only stage (KCD's channel matching) has no loss
+            return total, image.new_zeros(0, dtype=torch.float32)
         return total, torch.stack([loss.detach().float() for loss in losses])
 
     def loss_names(self, stage: StagePlan | None = None) -> list[str]:
@@ -278,7 +280,7 @@ class DistillGraph(nn.Module):
         """Any ports for a batch (no gradient), e.g. for export checks and the dry run."""
         from .plan import _needed, _program, dataflow_graph
 
-        order = _needed(self.plan.order, dataflow_graph(self.spec), ports)
+        order = _needed(self.plan.order, dataflow_graph(self.spec, refs=False), ports)
         program = _program(self.spec, order, ports, [], lambda n: True, keep=ports)
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
         self._walk(program, values)
