@@ -97,8 +97,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         deployed = sum(plan.params[n] for n in plan.deploy_nodes)
         shown = _deployed_params(graph)
         count = shown if shown is not None else deployed
-        print(f"\ndeploy {plan.deploy}: nodes {', '.join(plan.deploy_nodes)}; {count:,} deployed parameters")
+        parts = _deployed_parts(graph) or plan.deploy_nodes
+        print(f"\ndeploy {plan.deploy}: nodes {', '.join(parts)}; {count:,} deployed parameters")
     return 0
+
+
+def _deployed_parts(graph) -> list[str] | None:
+    """What the export holds (a `call` op's copied submodule instead of its whole node), when export exists."""
+    try:
+        from .export import deployed_parts
+    except ImportError:
+        return None
+    return deployed_parts(graph)
 
 
 def _deployed_params(graph) -> int | None:

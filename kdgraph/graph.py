@@ -305,7 +305,7 @@ class DistillGraph(nn.Module):
         """Any ports for a batch (no gradient), e.g. for export checks and the dry run."""
         from .plan import _needed, _program, dataflow_graph
 
-        order = _needed(self.plan.order, dataflow_graph(self.spec), ports)
+        order = _needed(self.plan.order, dataflow_graph(self.spec, refs=False), ports)
         program = _program(self.spec, order, ports, [], lambda n: True, keep=ports)
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
         self._walk(self._compile(program, False), values)

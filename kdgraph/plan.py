@@ -75,8 +75,12 @@ def port_of(port: str) -> str:
     return port.split(".", 1)[1]
 
 
-def dataflow_graph(spec: GraphSpec) -> nx.DiGraph:
-    """Nodes and `data`, with an arrow from each producer to each consumer of its ports."""
+def dataflow_graph(spec: GraphSpec, refs: bool = True) -> nx.DiGraph:
+    """Nodes and `data`, with an arrow from each producer to each consumer of its ports.
+
+    With `refs`, also from each node an op uses by name (``call``) to that op: it is built first and
+    its weights take part in the op's gradient. Without, only value flow: what must run to compute a port.
+    """
     g = nx.DiGraph()
     g.add_node(DATA)
     g.add_nodes_from(spec.nodes)
@@ -84,8 +88,9 @@ def dataflow_graph(spec: GraphSpec) -> nx.DiGraph:
         for port in node.inputs:
             if node_of(port) in g:
                 g.add_edge(node_of(port), name)
-        for ref in node_refs(spec, name):
-            g.add_edge(ref, name)
+        if refs:
+            for ref in node_refs(spec, name):
+                g.add_edge(ref, name)
     return g
 
 
@@ -207,6 +212,14 @@ def _plan_stage(
     problems: list[Problem],
 ) -> StagePlan:
     edges = [spec.edge(name) for name in stage.edges]
+    if not edges and stage.epochs > 0:
+        problems.append(
+            spec.problem(
+                ("stages", stage.index, "edges"),
+                f"stage {stage.name!r} has no loss edge to train for {stage.epochs} epochs",
+                "list its edges, or set epochs: 0 for a stage that only fits or initialises",
+            )
+        )
     frozen_here = {n for n in order if spec.nodes[n].frozen or n in stage.frozen or n in stage.fit}
 
     # gradient flows back from every learner port (and non-detached targets, learned loss parameters)
@@ -243,20 +256,22 @@ def _plan_stage(
     trainable_set = set(trainable)
     needs_grad = {n for n in reached if ({n} | nx.ancestors(g, n)) & trainable_set}
 
-    # ports each edge reads, and the nodes needed to compute them
+    # ports each edge reads, and the nodes needed to compute them (a `call` op does not need its
+    # referenced node to run, only its module: value flow alone decides what runs)
+    values = dataflow_graph(spec, refs=False)
     reads = {e.name: _edge_ports(e) for e in edges}
     needed_ports = [p for ports in reads.values() for p in ports]
-    order_train = _needed(order, g, needed_ports)
+    order_train = _needed(order, values, needed_ports)
     program = _program(
         spec, order_train, needed_ports, [(e.name, reads[e.name]) for e in edges], lambda n: n not in needs_grad
     )
 
     eval_ports = list(stage.eval) or ([spec.deploy] if spec.deploy else [])
-    order_eval = _needed(order, g, eval_ports)
+    order_eval = _needed(order, values, eval_ports)
     eval_program = _program(spec, order_eval, eval_ports, [], lambda n: True, keep=eval_ports)
 
     fit_inputs = [p for n in stage.fit for p in spec.nodes[n].inputs]
-    order_fit = _needed(order, g, fit_inputs)
+    order_fit = _needed(order, values, fit_inputs)
     fit_program = _program(spec, order_fit, fit_inputs, [], lambda n: True, keep=fit_inputs)
 
     return StagePlan(

@@ -255,8 +255,9 @@ class Trainer:
         if not self.main:  # one process speaks for the run
             self.log = _silent
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.best: dict[str, float] = {}
+        self.best: dict[str, float] = {}  # of the current stage
         self.last_eval: dict[str, dict[str, float]] = {}
+        self.stage_results: dict[str, dict[str, Any]] = {}  # final and best evaluation of each finished stage
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.stage_ends: dict[str, dict[str, Any]] = {}
         self.saved_step: int | None = None  # step of the last checkpoint written
@@ -469,6 +470,7 @@ class Trainer:
             "metrics_lines": self._metrics_lines(),
             "best": dict(self.best),
             "last_eval": dict(self.last_eval),
+            "stage_results": dict(self.stage_results),
             "accumulators": acc_state,
             "hash": self.spec.hash(),
             "snapshots": list(self.snapshots),
@@ -496,6 +498,7 @@ class Trainer:
                 except (OSError, RuntimeError, EOFError) as e:
                     raise CheckpointError(f"cannot read {side} ({e}); start a new run") from None
         self.best, self.last_eval = state["best"], state["last_eval"]
+        self.stage_results = state.get("stage_results", {})
         self._truncate_metrics(state["metrics_lines"])
         self._pending_rng = state["rng"]
         self.saved_step = state["position"]["step"]
@@ -533,6 +536,8 @@ class Trainer:
         stage = self.plan.stages[pos.stage]
         cfg = spec_stage.train
         train_loader, fit_loader, test_loader = self._loaders(cfg)
+        if not resumed:  # each stage reports its own evaluations (KCD's CE-only student is not its result)
+            self.best, self.last_eval = {}, {}
         self.graph.set_stage(stage)
         if not pos.setup_done:
             self._stage_setup(spec_stage, stage, fit_loader)
@@ -617,9 +622,12 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.graph = acc.unwrap_model(model) if not cfg["compile"] else self.graph
-        if self._snapshot_needed(stage.name, "stage"):
-            self.stage_ends[stage.name] = self._snapshot()
-            self._save_side("stage_ends", stage.name, self.stage_ends[stage.name])
+        self.stage_results[stage.name] = {"final": self.last_eval, "best_top1": dict(self.best)}
+        if len(self.plan.stages) > 1:  # every stage's end weights are kept; in memory only those an init uses
+            end = self._snapshot()
+            if self._snapshot_needed(stage.name, "stage"):
+                self.stage_ends[stage.name] = end
+            self._save_side("stage_ends", stage.name, end)
         acc.free_memory()
 
     def _bar(self, total: int, name: str):
@@ -692,6 +700,8 @@ class Trainer:
             "deploy": self.spec.deploy,
             "hash": self.spec.hash(),
         }
+        if len(self.plan.stages) > 1:
+            summary["stages"] = self.stage_results
         if self.main:
             ckpt.save_file(
                 self.run_dir / "final.pt",
@@ -700,6 +710,9 @@ class Trainer:
                     "spec": self.spec.doc,
                     "source": str(self.spec.source) if self.spec.source else None,
                     "deploy": self.spec.deploy,
+                    "data_info": self.info.__dict__.copy(),
+                    "normalize": {"mean": list(self.dataset.mean), "std": list(self.dataset.std)},
+                    "epoch": max(1, self.spec.stages[-1].epochs),  # scheduled op parameters end at it
                     "summary": summary,
                 },
             )
