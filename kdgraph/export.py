@@ -7,7 +7,10 @@ The slice is every node whose *value* the port needs (a net's inputs, an op's ``
 the graph's order. A ``call`` op applies a submodule of another node (SimKD: the teacher's
 classifier); when that node is not itself in the slice, the export holds a standalone copy of the
 submodule only (``StandaloneCall``), so SimKD ships student + projector + ``teacher.fc``, not the
-teacher. Loss edges, teachers and helpers that only shape training are left out.
+teacher. Loss edges, teachers and helpers that only shape training are left out, and so are the
+weights of submodules the port never calls (SimKD's student reaches the projector from its last stage
+and never runs its own classifier: a ``Pruned`` placeholder stands in for it). ``kdgraph plan``
+counts exactly what the export holds (``deployed_parameter_count``).
 
 The exported file (``torch.save`` of a dict, format ``kdgraph-export/1``) holds the ``state_dict``
 and what rebuilds the module without the run: the resolved node definitions of the slice (plus the
@@ -29,6 +32,7 @@ import argparse
 import copy
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -455,10 +459,14 @@ def evaluate_exported(model: nn.Module, run_dir: str | Path, batch_size: int | N
     dataset = load_dataset(spec.data, base, seed)
     device = next(iter(model.parameters()), torch.zeros(0)).device
     train_cfg = spec.stages[-1].train
+    # the run's numerics: its autocast, and bf16 images when its loader kept them on the device
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_cfg["precision"])
+    on_device_bf16 = spec.data["loader"] == "device" and amp is torch.bfloat16
+    norm = Normalizer(dataset.mean, dataset.std, device, torch.bfloat16 if on_device_bf16 else torch.float32)
     loader = TensorLoader(
         dataset.test,
         int(batch_size or spec.data["eval_batch_size"]),
-        Normalizer(dataset.mean, dataset.std, device),
+        norm,
         device,
         train=False,
         augment=False,
@@ -468,7 +476,8 @@ def evaluate_exported(model: nn.Module, run_dir: str | Path, batch_size: int | N
     model.eval()
     hits1 = hits5 = seen = 0
     for batch in loader.epoch(1):
-        out = model(batch.image).float()
+        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            out = model(batch.image).float()
         top = out.topk(min(5, out.shape[1]), dim=1).indices
         hit = top == batch.label[:, None]
         hits1 += int(hit[:, 0].sum())
