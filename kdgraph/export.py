@@ -220,7 +220,7 @@ class DeployedModel(nn.Module):
         self.normalize = normalize or {}
         order = [n for n in deploy_slice(graph.spec, port)[0]]
         # gradient is the caller's choice (torch.no_grad / inference_mode), not the walker's
-        self._program = _program(graph.spec, order, [port], [], lambda n: False, keep=[port])
+        self._program = graph._compile(_program(graph.spec, order, [port], [], lambda n: False, keep=[port]), False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         values: dict[str, Any] = {"data.image": image, "data.label": None, "data.index": None}

@@ -84,7 +84,16 @@ def substitute(value: str, env: dict[str, Any]) -> Any:
         return float(result) if isinstance(result, float) else result
     if "${" in value and not PATTERN.search(value):
         raise ExprError(f"unclosed '${{' in {value!r}", "close it with '}'")
-    return PATTERN.sub(lambda m: _format(evaluate(m.group(1), env)), value)
+    return PATTERN.sub(lambda m: _format(_bare(m.group(1), env) if _is_bare(m.group(1), env) else
+                                         evaluate(m.group(1), env)), value)
+
+
+def _is_bare(text: str, env: dict[str, Any]) -> bool:
+    return text.strip() in env and not isinstance(env[text.strip()], (int, float))
+
+
+def _bare(text: str, env: dict[str, Any]) -> Any:
+    return env[text.strip()]  # a string var inside text: "teacher.${feat}"
 
 
 def _format(x: Any) -> str:

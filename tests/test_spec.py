@@ -163,3 +163,11 @@ def test_hash_ignores_cosmetics(tmp_path: Path) -> None:
     b = load_spec(write(tmp_path, MINIMAL.replace("name: tiny", "name: tiny\ntitle: Something"), "b.yaml"))
     c = load_spec(write(tmp_path, MINIMAL, "c.yaml"), ["vars.T=3"])
     assert a.hash() == b.hash() != c.hash()
+
+
+def test_string_vars_inside_text() -> None:
+    from kdgraph.expr import substitute
+
+    assert substitute("teacher.${feat}", {"feat": "feat3"}) == "teacher.feat3"
+    assert substitute("${space}", {"space": "prob"}) == "prob"
+    assert substitute("x${n * 2}", {"n": 3}) == "x6"
