@@ -81,7 +81,6 @@ class DistillGraph(nn.Module):
         # recompiled each epoch; constant weights stay Python floats (no tensor op when 1.0)
         self._weight_slots: dict[str, float | torch.Tensor] = {}
         self._programs: dict[tuple, list[tuple]] = {}  # compiled programs, rebuilt per stage
-        self._adhoc: dict[int, tuple[list[Step], list[tuple]]] = {}  # other programs (_walk), by identity
         # per stage index, trainable parameters that no loss reaches (found by dry_run): frozen there
         self.gradless: dict[int, list[str]] = {}
         self.stage: StagePlan = self.plan.stages[0]
@@ -212,7 +211,6 @@ class DistillGraph(nn.Module):
         """Trainable nodes train; every other node with parameters is frozen and in eval mode."""
         self.stage = stage
         self._programs.clear()
-        self._adhoc.clear()
         trainable = set(stage.trainable)
         for name, module in self.nodes.items():
             has_params = self.facts[name].params > 0
@@ -284,7 +282,7 @@ class DistillGraph(nn.Module):
                 losses.append(out)
                 term = out if (weight.__class__ is float and weight == 1.0) else out * weight
                 total = term if total is None else total + term
-        if total is None:  # a fit-only stage (KCD's channel matching) has no loss
+        if total is None:  # a stage without losses (fits only)
             return torch.zeros((), device=image.device), torch.zeros(0, device=image.device)
         with torch.no_grad():  # the metrics need no autograd node (stack promotes mixed dtypes)
             return total, torch.stack(losses)
@@ -297,7 +295,7 @@ class DistillGraph(nn.Module):
     def evaluate(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The stage's evaluated ports for a batch of images."""
         values: dict[str, Any] = {"data.image": image}
-        self._run_ops(self._compiled("eval", False), values)
+        self._walk(self._compiled("eval", False), values)
         return {p: values[p] for p in self.stage.eval_ports}
 
     @torch.no_grad()
@@ -310,25 +308,18 @@ class DistillGraph(nn.Module):
         order = _needed(self.plan.order, dataflow_graph(self.spec, refs=False), ports)
         program = _program(self.spec, order, ports, [], lambda n: True, keep=ports)
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
-        self._run_ops(self._compile(program, False), values)
+        self._walk(self._compile(program, False), values)
         return {p: values[p] for p in ports}
 
     @torch.no_grad()
     def fit_batch(self, image: torch.Tensor, label: torch.Tensor) -> None:
         """Feed one batch to each node this stage fits (fit_step with its inputs)."""
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
-        self._run_ops(self._compiled("fit", False), values)
+        self._walk(self._compiled("fit", False), values)
         for name in self.stage.fit:
             self.nodes[name].fit_step(*[values[p] for p in self.spec.nodes[name].inputs])
 
-    def _walk(self, program: list[Step], values: dict[str, Any]) -> None:
-        """Run the node steps of any planned program (compiled once per program object)."""
-        cached = self._adhoc.get(id(program))
-        if cached is None or cached[0] is not program:
-            cached = self._adhoc[id(program)] = (program, self._compile(program, False))
-        self._run_ops(cached[1], values)
-
-    def _run_ops(self, ops: list[tuple], values: dict[str, Any]) -> None:
+    def _walk(self, ops: list[tuple], values: dict[str, Any]) -> None:
         for run, _weight, step in ops:
             try:
                 run(values)
