@@ -23,8 +23,9 @@ def test_quickstart_reaches_the_promised_accuracy(capsys: pytest.CaptureFixture[
 
 
 def test_validate_all_graphs(capsys: pytest.CaptureFixture[str]) -> None:
+    # the dry run of every graph is in test_graphs.py, which trains each one for real
     files = [str(p) for p in sorted(GRAPHS.glob("*.yaml"))]
-    assert main(["validate", *files]) == 0
+    assert main(["validate", "--no-dry-run", *files]) == 0
     assert capsys.readouterr().out.count(": ok (") == len(files)
 
 
