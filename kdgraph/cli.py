@@ -205,7 +205,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         created = not (args.out and Path(args.out).exists())
         run_dir = new_run_dir(spec, args.out, args.force)
         trainer = Trainer(spec, run_dir, stop_after=args.stop_after)
-    print(f"run {spec.name} -> {run_dir}")
+    say = print if trainer.main else (lambda *_: None)  # one report, not one per process
+    say(f"run {spec.name} -> {run_dir}")
     try:
         summary = trainer.run()
     except KDGraphError:
@@ -215,8 +216,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     final = summary.get("final", {}).get("top1", {})
     for port, top1 in final.items():
         best = summary["best_top1"].get(port, top1)
-        print(f"{port}: top-1 {top1:.2f}% (best {best:.2f}%)")
-    print(f"done: {run_dir}")
+        say(f"{port}: top-1 {top1:.2f}% (best {best:.2f}%)")
+    say(f"done: {run_dir}")
     return 0
 
 
