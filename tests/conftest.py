@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 GRAPHS = REPO / "graphs"
@@ -28,3 +30,25 @@ SMOKE = [
     "++train.limit_eval_batches=1",
     "++train.progress=false",
 ]
+
+
+def records(run_dir: Path) -> list[dict]:
+    """The metrics.jsonl records of a run."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def node_state(state: dict, node: str) -> dict[str, torch.Tensor]:
+    """One node's weights out of a whole graph's state_dict."""
+    prefix = f"nodes.{node}."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def same(a: dict, b: dict) -> bool:
+    """Bitwise equality of two state_dicts."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def load(path: Path) -> dict:
+    """The graph weights of a checkpoint, final.pt or stage file."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state["graph"] if "graph" in state else state

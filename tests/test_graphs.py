@@ -22,7 +22,7 @@ from kdgraph.graph import DataInfo, DistillGraph
 from kdgraph.spec import GraphSpec, load_spec
 from kdgraph.train import Trainer
 
-from .conftest import GRAPHS, SMOKE
+from .conftest import GRAPHS, SMOKE, load, node_state, same
 
 GRAPH_FILES = sorted(str(p.relative_to(GRAPHS)) for p in GRAPHS.rglob("*.yaml"))
 
@@ -99,18 +99,7 @@ def _smoke_run(path: Path, spec: GraphSpec, factory: pytest.TempPathFactory) -> 
     return result
 
 
-def node_state(state: dict, node: str) -> dict[str, torch.Tensor]:
-    prefix = f"nodes.{node}."
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
-
-def same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def load(path: Path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state["graph"] if "graph" in state else state
 
 
 @pytest.mark.parametrize("rel", GRAPH_FILES)

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from kdgraph.spec import load_spec
 from kdgraph.train import Interrupted, Trainer
+
+from .conftest import load, node_state, records, same
 
 # three stages, 4 batches per epoch, 2 epochs each: steps 1-8 teach, 9-16 warm, 17-24 distill
 THREE = """\
@@ -53,22 +54,8 @@ def three_spec(folder: Path):
     return load_spec(path)
 
 
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def node_state(state: dict, node: str) -> dict[str, torch.Tensor]:
-    prefix = f"nodes.{node}."
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def load(path: Path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state["graph"] if "graph" in state else state
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from kdgraph.spec import load_spec
 from kdgraph.train import Interrupted, Trainer
 
-from .conftest import GRAPHS, SMOKE
+from .conftest import GRAPHS, SMOKE, records
 
 TINY = """\
 kdgraph: 1
@@ -42,9 +41,6 @@ def tiny_spec(tmp_path: Path, overrides: list[str] | None = None):
     path.write_text(TINY)
     return load_spec(path, overrides or [])
 
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_tiny_run_trains_what_it_should(tmp_path: Path) -> None:
