@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register_loss
-from ._util import float32, match_spatial
+from ._util import float32
 
 
 @register_loss("fsp")
