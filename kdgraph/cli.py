@@ -29,11 +29,21 @@ def _split_args(items: list[str]) -> tuple[list[str], list[str]]:
     return files, overrides
 
 
+def _graph_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Graph files and overrides, with the overrides of `--pair NAME` (kdgraph/pairs.py) first."""
+    files, overrides = _split_args(args.items)
+    if getattr(args, "pair", None):
+        from .pairs import with_pair
+
+        overrides = with_pair(files, overrides, args.pair)
+    return files, overrides
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .graph import check_graph
     from .spec import dump_resolved
 
-    files, overrides = _split_args(args.items)
+    files, overrides = _graph_args(args)
     if not files:
         raise SpecError("name at least one graph file")
     failed: list[str] = []
@@ -61,12 +71,16 @@ def _count(n: int) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .graph import check_graph
 
-    files, overrides = _split_args(args.items)
+    files, overrides = _graph_args(args)
     if len(files) != 1:
         raise SpecError("plan takes one graph file")
     spec, graph = check_graph(files[0], overrides, dry=False)
     plan = graph.plan
     print(f"{spec.name}: {spec.title}")
+    if args.pair:
+        from .pairs import describe_pair
+
+        print(describe_pair(spec, args.pair))
     for stage in plan.stages:
         stage_spec = spec.stages[stage.index]
         print(f"\nstage {stage.name} ({stage_spec.epochs} epochs; losses: {', '.join(stage.edges) or 'none'})")
@@ -122,6 +136,13 @@ def _deployed_params(graph) -> int | None:
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import REGISTRIES, load_builtins
 
+    if args.kind == "pairs":
+        from .pairs import format_rows, pair_rows
+
+        if not args.graph:
+            raise SpecError("list pairs takes a graph file: kdgraph list pairs graphs/dkd.yaml")
+        print(format_rows(pair_rows(args.graph)), end="")
+        return 0
     load_builtins()
     if getattr(args, "markdown", False):
         from .docs import reference_markdown
@@ -180,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .spec import load_spec
     from .train import Trainer, new_run_dir
 
-    files, overrides = _split_args(args.items)
+    files, overrides = _graph_args(args)
     if args.resume:
         if files or overrides:
             raise SpecError("--resume RUN_DIR takes no graph file or overrides: they are read from the run")
@@ -261,9 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="show the execution plan of each stage")
     pl.add_argument("items", nargs="+", metavar="GRAPH|key=value")
     pl.set_defaults(func=cmd_plan)
+    for sp in (run, val, pl):
+        sp.add_argument("--pair", metavar="NAME", help="a teacher-student pair from the graph file's `pairs:` table")
 
     ls = sub.add_parser("list", help="list registered nets, ops and losses")
-    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses"])
+    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses", "pairs"])
+    ls.add_argument("graph", nargs="?", help="with pairs: the graph file whose `pairs:` table to show")
     ls.add_argument("--markdown", action="store_true", help="the reference documentation as Markdown")
     ls.add_argument("-o", "--output", help="with --markdown: write to this file")
     ls.set_defaults(func=cmd_list)

@@ -552,7 +552,7 @@ class GraphSpec:
 
     def hash(self) -> str:
         """Identity of what this graph computes: the resolved document, minus cosmetic keys."""
-        doc = {k: v for k, v in self.doc.items() if k not in ("title", "cite", "notes", "published")}
+        doc = {k: v for k, v in self.doc.items() if k not in ("title", "cite", "notes", "published", "pairs")}
         blob = json.dumps(doc, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
