@@ -75,6 +75,8 @@ class DistillGraph(nn.Module):
         self._loss_fns = {e.name: LOSSES.get(e.loss).obj for e in spec.edges}
         self._loss_takes_labels = {e.name: _accepts(LOSSES.get(e.loss).obj, "labels") for e in spec.edges}
         self._edges = {e.name: e for e in spec.edges}
+        self.routed = any(e.optim for e in spec.edges)  # per-route loss totals for DOT (kdgraph/routes.py)
+        self.route_totals: dict[str, torch.Tensor] | None = None
         self._epoch_params: dict[str, dict[str, Any]] = {}
         self._weights: dict[str, float] = {}
         # scheduled weights live in 0-dim tensors updated in place, so a torch.compile'd step is not
@@ -273,6 +275,7 @@ class DistillGraph(nn.Module):
         amp = _autocast_on(image.device.type)
         total: torch.Tensor | None = None
         losses: list[torch.Tensor] = []
+        routes: dict[str, torch.Tensor] | None = {} if self.routed else None  # DOT: kdgraph/routes.py
         for run, weight, step in self._compiled("train", amp):
             try:
                 out = run(values)
@@ -282,6 +285,10 @@ class DistillGraph(nn.Module):
                 losses.append(out)
                 term = out if (weight.__class__ is float and weight == 1.0) else out * weight
                 total = term if total is None else total + term
+                if routes is not None:
+                    route = self._edges[step.name].optim or "main"
+                    routes[route] = term if route not in routes else routes[route] + term
+        self.route_totals = routes
         if total is None:  # a stage without losses (fits only)
             return torch.zeros((), device=image.device), torch.zeros(0, device=image.device)
         with torch.no_grad():  # the metrics need no autograd node (stack promotes mixed dtypes)

@@ -27,7 +27,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "graph.schema
 PORT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_/]*)$")
 DATA_PORTS = ("image", "label", "index")
 NODE_KEYS = ("net", "op", "in", "frozen", "init", "optim", "taps", "label")
-EDGE_KEYS = ("loss", "from", "to", "weight", "detach", "name", "sample_weight")
+EDGE_KEYS = ("loss", "from", "to", "weight", "detach", "name", "sample_weight", "optim")
 ENGINE_ARGS = ("in_info", "nodes", "num_classes", "in_channels", "image_size")
 
 Path_ = tuple  # a path inside the document: ("nodes", "student", "net") or ("edges", 2, "to")
@@ -462,6 +462,7 @@ class EdgeSpec:
     detach: bool = True
     sample_weight: str | None = None
     index: int = 0
+    optim: str | None = None  # the gradient route into the optimizer (kdgraph/routes.py); None: "main"
 
     @property
     def port_params(self) -> dict[str, str]:
@@ -701,6 +702,7 @@ def _normalise(
                 bool(raw.get("detach", True)),
                 raw.get("sample_weight"),
                 i,
+                raw.get("optim"),
             )
         )
     stages: list[StageSpec] = []
@@ -770,7 +772,9 @@ def default_edge_name(loss: str, src: str, dst: str) -> str:
 def registry_problems(spec: GraphSpec) -> list[Problem]:
     """Names exist in the registries, parameters fit signatures, ports name existing nodes."""
     load_builtins()
-    problems: list[Problem] = []
+    from .routes import route_problems
+
+    problems: list[Problem] = route_problems(spec)
     known_nodes = set(spec.nodes) | {"data"}
     for name, node in spec.nodes.items():
         registry = NETS if node.kind == "net" else OPS

@@ -29,6 +29,7 @@ from .data import Dataset, Loader, load_dataset, make_loaders
 from .errors import CheckpointError, DataError, RunError, SpecError
 from .graph import DataInfo, DistillGraph, dry_run
 from .plan import StagePlan
+from .routes import routed_optimizer
 from .spec import GraphSpec, dump_resolved, load_spec, merge
 from .step import LossMeter, TrainStep
 
@@ -104,6 +105,8 @@ def build_optimizer(graph: DistillGraph, stage: StagePlan, train_cfg: dict[str, 
     if not groups:
         empty = torch.zeros(0, device=device, requires_grad=True)  # on the device: fused kernels check it
         groups = [{"params": [empty], "name": "_empty", "lr": 0.0, "base_lr": 0.0}]
+    if base_cfg.get("routes"):  # DOT's per-route momenta (kdgraph/routes.py)
+        return routed_optimizer(groups, base_cfg)
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
     return cls(groups, lr=float(base_cfg["lr"]), **flags)
 
