@@ -120,8 +120,8 @@ def route_problems(spec: Any) -> list[Problem]:
         if routes and cfg.get("nesterov"):
             problems.append(spec.problem((*where, "nesterov"), "gradient routes use plain momentum",
                                          "drop nesterov or the routes"))
-        for name in stage.edges:
-            edge = spec.edge(name)
+        by_name = {e.name: e for e in spec.edges}
+        for edge in (by_name[n] for n in stage.edges if n in by_name):  # unknown names: checked elsewhere
             route = getattr(edge, "optim", None)
             if route and route != MAIN and route not in routes:
                 known = ", ".join(sorted(routes)) or "none"
