@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .errors import RunError
-from .routes import uses_routes
+from ..errors import RunError
+from ..routes import uses_routes
 
 # Accelerate's backward / optimizer wrappers are only plain pass-throughs on these
 _DIRECT_TYPES = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_MLU", "MULTI_SDAA", "MULTI_MUSA", "MULTI_NPU")
