@@ -114,3 +114,25 @@ def test_an_unknown_route_is_named_with_its_fix() -> None:
 
     with pytest.raises(SpecError, match=r"edges\[1\]\.optim: route 'dsit'.*add dsit: \{momentum"):
         load_spec(GRAPHS / "dot.yaml", ["edges.1.optim=dsit"])
+
+
+@pytest.mark.slow
+def test_dot_run_keeps_both_momenta_and_resumes_bitwise(tmp_path) -> None:
+    """graphs/dot.yaml through the trainer: both route buffers are checkpointed and a resumed run is identical."""
+    from kdgraph.train import Interrupted, Trainer
+
+    from .conftest import SMOKE
+
+    overrides = [*SMOKE, "++data.image_size=8", "++data.size=16", "++train.limit_batches=4", "train.epochs=2",
+                 "~nodes.teacher.init", "nodes.teacher.net=resnet8", "nodes.student.net=resnet8"]
+    spec = load_spec(GRAPHS / "dot.yaml", overrides)
+    Trainer(spec, tmp_path / "straight", log=lambda *_: None).run()
+    with pytest.raises(Interrupted):
+        Trainer(spec, tmp_path / "resumed", log=lambda *_: None, stop_after=5).run()
+    Trainer(spec, tmp_path / "resumed", log=lambda *_: None, resume=True).run()
+    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=False)["graph"]
+    b = torch.load(tmp_path / "resumed" / "final.pt", weights_only=False)["graph"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ckpts = sorted((tmp_path / "resumed" / "checkpoints").glob("*.pt"))
+    state = torch.load(ckpts[-1], weights_only=False)["optimizer"]["state"]
+    assert any({"momentum_buffer_main", "momentum_buffer_dist"} <= set(s) for s in state.values())
