@@ -118,3 +118,33 @@ def test_run_with_a_pair_records_its_overrides_for_resume(tmp_path: Path) -> Non
     assert "vars.beta=2.0" in info["overrides"] and '++nodes.student.net="resnet20"' in info["overrides"]
     spec = load_spec(info["source"], info["overrides"])
     assert spec.nodes["student"].type == "resnet20" and "init" not in spec.doc["nodes"]["teacher"]
+
+
+FIVE_STAGES = {"vgg13", "vgg8", "MobileNetV2", "ResNet50"}  # RepDistiller's feature lists of six: feat0..feat4, pooled
+
+
+@pytest.mark.parametrize("graph", ["pkt.yaml", "sp.yaml", "cc.yaml", "vid.yaml", "nst.yaml"])
+def test_zoo_graphs_take_every_pair_with_repdistillers_positions(graph: str) -> None:
+    path = GRAPHS / graph
+    for pair, (teacher, student, _) in PAIRS.items():
+        spec = load_spec(path, expand_pair(path, pair))
+        assert (spec.nodes["teacher"].type, spec.nodes["student"].type) == (teacher, student)
+        assert spec.doc["train"]["optimizer"]["lr"] == (0.01 if student in SMALL_STUDENTS else 0.05)
+        five = teacher in FIVE_STAGES and student in FIVE_STAGES
+        if graph == "sp.yaml":  # feat[-2]: the last stage's map
+            edge = spec.edge("sp")
+            assert (edge.src, edge.dst) == (f"teacher.feat{4 if teacher in FIVE_STAGES else 3}",
+                                            f"student.feat{4 if student in FIVE_STAGES else 3}")
+        if graph in ("vid.yaml", "nst.yaml"):  # feat[1:-1]: every stage output but the first
+            positions = sorted(e.dst.split(".")[0] if graph == "vid.yaml" else e.dst.split(".")[1]
+                               for e in spec.edges if e.loss in ("vid", "nst"))
+            want = [f"vid{k}" for k in range(1, 5 if five else 4)] if graph == "vid.yaml" else \
+                [f"feat{k}" for k in range(1, 5 if five else 4)]
+            assert positions == want, pair
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("graph", ["vid.yaml", "nst.yaml", "sp.yaml", "cc.yaml"])
+def test_five_stage_pairs_pass_the_dry_run(graph: str) -> None:
+    for pair in ("vgg13-vgg8", "vgg13-MobileNetV2"):
+        assert main(["validate", str(GRAPHS / graph), "--pair", pair]) == 0
