@@ -9,7 +9,8 @@
 
 A pair is nothing but overrides: ``expand_pair`` turns the entry into ``++nodes.<node>.<key>=...`` (a
 node's settings are replaced key by key), ``vars.<name>=...`` (strict: the var must exist),
-the entry's own ``overrides`` and ``++published=...``; the command line's overrides come after
+the entry's own ``overrides`` and ``++published=...`` (without one, the file's own numbers measured on
+the pair's nets, or none); the command line's overrides come after
 them, so they win. The expanded list is what a run records, so ``--resume`` needs no table.
 The table itself is checked by the JSON Schema on every load and is not part of the spec's hash.
 """
@@ -52,7 +53,8 @@ def expand_pair(path: str | Path, name: str) -> list[str]:
         file, line = locator.where(("pairs",))
         raise SpecError(Problem("pairs", f"no pair {name!r} (--pair)", line, file, hint))
     entry = table[name] or {}
-    doc_nodes = load_document(path, [], Locator()).get("nodes") or {}
+    doc = load_document(path, [], Locator())
+    doc_nodes = doc.get("nodes") or {}
     out: list[str] = []
     for node, fields in (entry.get("nodes") or {}).items():
         if node not in doc_nodes:
@@ -63,7 +65,14 @@ def expand_pair(path: str | Path, name: str) -> list[str]:
     out += list(entry.get("overrides") or [])
     if entry.get("published"):
         out.append(f"++published={_value(_with_pair(entry['published'], entry, doc_nodes))}")
+    elif doc.get("published"):  # the file's own numbers, only those measured on this pair's nets
+        mine = [p for p in _as_list(doc["published"]) if p.get("pair") == "->".join(pair_nets(entry, doc_nodes))]
+        out.append(f"++published={_value(mine if len(mine) > 1 else mine[0])}" if mine else "~published")
     return out
+
+
+def _as_list(published: Any) -> list[dict]:
+    return [p for p in (published if isinstance(published, list) else [published]) if isinstance(p, dict)]
 
 
 def _with_pair(published: Any, entry: dict, doc_nodes: dict) -> Any:
@@ -136,6 +145,7 @@ def describe_pair(spec: Any, name: str) -> str:
     set_vars = ", ".join(f"{k}={values.get(k, v)}" for k, v in (entry.get("vars") or {}).items())
     published = spec.doc.get("published") or {}
     first = published[0] if isinstance(published, list) and published else published
-    number = f"; published {first['top1']:.2f} ({first.get('source', '')})" if isinstance(first, dict) else ""
+    has = isinstance(first, dict) and "top1" in first
+    number = f"; published {first['top1']:.2f} ({first.get('source', '')})" if has else "; published n/r"
     shown = f"; vars {set_vars}" if set_vars else ""
     return f"pair {name}: {', '.join(nets) or 'nets as in the file'}{shown}{number}"

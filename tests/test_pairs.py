@@ -148,3 +148,29 @@ def test_zoo_graphs_take_every_pair_with_repdistillers_positions(graph: str) -> 
 def test_five_stage_pairs_pass_the_dry_run(graph: str) -> None:
     for pair in ("vgg13-vgg8", "vgg13-MobileNetV2"):
         assert main(["validate", str(GRAPHS / graph), "--pair", pair]) == 0
+
+
+def test_a_pair_without_a_number_drops_the_files_number_for_another_pair(capsys: pytest.CaptureFixture[str]) -> None:
+    path = GRAPHS / "fsp.yaml"  # published: 72.62 on resnet32x4->resnet8x4 (CRD, Table 1); its pairs carry none
+    assert "published" not in load_spec(path, expand_pair(path, "vgg13-vgg8")).doc
+    assert load_spec(path, expand_pair(path, "resnet32x4-resnet8x4")).doc["published"]["top1"] == 72.62
+    assert main(["plan", str(path), "--pair", "vgg13-vgg8"]) == 0
+    assert "pair vgg13-vgg8: teacher vgg13, student vgg8; published n/r" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("graph", ["fsp.yaml", "kdsvd.yaml"])
+def test_same_width_pairs_get_a_position_more_on_vgg(graph: str) -> None:
+    path = GRAPHS / graph
+    loss = graph.split(".")[0]
+    counts = {p: sum(e.loss == loss for e in load_spec(path, expand_pair(path, p)).edges)
+              for p in ("resnet56-resnet20", "vgg13-vgg8")}
+    assert counts == ({"resnet56-resnet20": 3, "vgg13-vgg8": 4} if loss == "fsp" else
+                      {"resnet56-resnet20": 2, "vgg13-vgg8": 3})
+    if loss == "fsp":
+        assert load_spec(path, expand_pair(path, "vgg13-vgg8")).stages[0].edges == ["fsp1", "fsp2", "fsp3", "fsp4"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("graph", ["fsp.yaml", "kdsvd.yaml"])
+def test_same_width_vgg_pair_passes_the_dry_run(graph: str) -> None:
+    assert main(["validate", str(GRAPHS / graph), "--pair", "vgg13-vgg8"]) == 0
