@@ -60,12 +60,14 @@ def _count(n: int) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .graph import check_graph
+    from .memory import memory_table
 
     files, overrides = _split_args(args.items)
     if len(files) != 1:
         raise SpecError("plan takes one graph file")
     spec, graph = check_graph(files[0], overrides, dry=False)
     plan = graph.plan
+    memory = {m.stage: m for m in _memory(spec, graph, args.batch)} if args.memory else {}
     print(f"{spec.name}: {spec.title}")
     for stage in plan.stages:
         stage_spec = spec.stages[stage.index]
@@ -93,6 +95,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"  fits: {', '.join(stage.fit)}")
         print(f"  param groups: {', '.join(stage.trainable) or 'none'} (one per node)")
         print(f"  evaluates: {', '.join(stage.eval_ports) or 'nothing'}")
+        if stage.name in memory:
+            print("\n".join(memory_table(memory[stage.name])))
     if plan.deploy:
         deployed = sum(plan.params[n] for n in plan.deploy_nodes)
         shown = _deployed_params(graph)
@@ -100,6 +104,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         parts = _deployed_parts(graph) or plan.deploy_nodes
         print(f"\ndeploy {plan.deploy}: nodes {', '.join(parts)}; {count:,} deployed parameters")
     return 0
+
+
+def _memory(spec, graph, batch: int | None) -> list:
+    """The memory estimate per stage, or nothing (with the reason) when the graph cannot run on fake tensors."""
+    from .memory import estimate_memory
+
+    try:
+        return estimate_memory(spec, graph.data_info, batch)
+    except Exception as e:  # an op without a fake-tensor kernel, a loss that reads values: no estimate, said so
+        print(f"(no memory estimate: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return []
 
 
 def _deployed_parts(graph) -> list[str] | None:
@@ -260,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="show the execution plan of each stage")
     pl.add_argument("items", nargs="+", metavar="GRAPH|key=value")
+    pl.add_argument("--batch", type=int, help="batch size of the memory estimate (default: data.batch_size)")
+    pl.add_argument(
+        "--no-memory", dest="memory", action="store_false", help="skip the memory estimate (a step on fake tensors)"
+    )
     pl.set_defaults(func=cmd_plan)
 
     ls = sub.add_parser("list", help="list registered nets, ops and losses")

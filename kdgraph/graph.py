@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,21 +264,32 @@ class DistillGraph(nn.Module):
 
     # ------------------------------------------------------------------ walking
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None = None):
+    def forward(
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        index: torch.Tensor | None = None,
+        observe: Callable[[str, str, bool], None] | None = None,
+    ):
         """One training step's forward: (weighted total loss, the stage's edge losses stacked, detached).
 
         Runs the stage's program precompiled into closures (``_compile``): per batch, only the tensor
-        work and a few dict operations remain.
+        work and a few dict operations remain. ``observe(kind, name, before)``, when given, is called
+        before and after each node or loss step (the memory estimate and the profiler use it).
         """
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
         amp = _autocast_on(image.device.type)
         total: torch.Tensor | None = None
         losses: list[torch.Tensor] = []
         for run, weight, step in self._compiled("train", amp):
+            if observe is not None:
+                observe(step.kind, step.name, True)
             try:
                 out = run(values)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 raise self._step_error(step, values, e) from None
+            if observe is not None:
+                observe(step.kind, step.name, False)
             if weight is not None:  # a loss step
                 losses.append(out)
                 term = out if (weight.__class__ is float and weight == 1.0) else out * weight
