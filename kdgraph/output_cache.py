@@ -86,21 +86,14 @@ class OutputCache:
             self.filled = torch.zeros(self.size, dtype=torch.bool, device=device)
         else:
             folder.mkdir(parents=True, exist_ok=True)
-            self.values = {p: _mapped(folder / f"{_file(p)}.bin", (self.size, *lay.shape), lay.dtype) for p, lay in items}
+            self.values = {
+                p: _mapped(folder / f"{_file(p)}.bin", (self.size, *lay.shape), lay.dtype) for p, lay in items
+            }
             self.filled = _mapped(folder / "filled.bin", (self.size,), torch.bool)
             manifest = folder / "cache.json"
             if not manifest.exists():
                 layout = {p: [list(lay.shape), str(lay.dtype)] for p, lay in ports.items()}
                 manifest.write_text(json.dumps({"samples": samples, "variants": variants, "ports": layout}) + "\n")
-
-    @staticmethod
-    def _mapped(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A tensor backed by `path` (created zero-filled at its full size), shared with other processes."""
-        count = math.prod(shape)
-        if not path.exists() or path.stat().st_size != count * dtype.itemsize:
-            with open(path, "wb") as fh:
-                fh.truncate(count * dtype.itemsize)
-        return torch.from_file(str(path), shared=True, size=count, dtype=dtype).view(shape)
 
     @property
     def nbytes(self) -> int:
@@ -137,6 +130,13 @@ class OutputCache:
         return moved
 
 
+def _mapped(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A tensor backed by `path` (created zero-filled at its full size), shared with other processes."""
+    count = math.prod(shape)
+    if not path.exists() or path.stat().st_size != count * dtype.itemsize:
+        with open(path, "wb") as fh:
+            fh.truncate(count * dtype.itemsize)
+    return torch.from_file(str(path), shared=True, size=count, dtype=dtype).view(shape)
 
 
 def _file(port: str) -> str:
