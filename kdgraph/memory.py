@@ -97,7 +97,7 @@ def _estimate(graph: DistillGraph, spec: GraphSpec, batch: int) -> list[StageMem
 
 
 def _stage_memory(graph: DistillGraph, spec: GraphSpec, stage: StagePlan, batch: tuple) -> StageMemory:
-    from .train import build_optimizer
+    from .train.optim import build_optimizer
 
     graph.set_stage(stage)
     graph.train()

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from kdgraph.graph import DistillGraph, data_info
+from kdgraph.check import spec_data_info as data_info
+from kdgraph.graph import DistillGraph
 from kdgraph.memory import estimate_memory
 from kdgraph.spec import load_spec
 from kdgraph.train import build_optimizer
