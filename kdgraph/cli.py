@@ -50,6 +50,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .check import check_graph
     from .export import deployed_parameter_count, deployed_parts
     from .memory import memory_table
+    from .train.cache import cache_plan_lines
 
     files, overrides = split_args(args.items)
     if len(files) != 1:
@@ -84,6 +85,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"  fits: {', '.join(stage.fit)}")
         print(f"  param groups: {', '.join(stage.trainable) or 'none'} (one per node)")
         print(f"  evaluates: {', '.join(stage.eval_ports) or 'nothing'}")
+        for line in cache_plan_lines(spec, graph, stage, getattr(graph.data_info, "num_train", None)):
+            print(line)
         if stage.name in memory:
             print("\n".join(memory_table(memory[stage.name])))
     if plan.deploy:

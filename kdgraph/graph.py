@@ -62,6 +62,7 @@ class DistillGraph(nn.Module):
         # recompiled each epoch; constant weights stay Python floats (no tensor op when 1.0)
         self._weight_slots: dict[str, float | torch.Tensor] = {}
         self._programs: dict[tuple, list[tuple]] = {}  # compiled programs, rebuilt per stage
+        self._output_caches: dict[tuple[int, str], Any] = {}  # (stage index, node) -> OutputCache (train.cache)
         # per stage index, trainable parameters that no loss reaches (found by dry_run): frozen there
         self.gradless: dict[int, list[str]] = {}
         self.stage: StagePlan = self.plan.stages[0]
@@ -249,15 +250,18 @@ class DistillGraph(nn.Module):
         image: torch.Tensor,
         label: torch.Tensor,
         index: torch.Tensor | None = None,
+        variant: torch.Tensor | None = None,
         observe: Callable[[str, str, bool], None] | None = None,
     ):
         """One training step's forward: (weighted total loss, the stage's edge losses stacked, detached).
 
         Runs the stage's program precompiled into closures (``_compile``): per batch, only the tensor
-        work and a few dict operations remain. ``observe(kind, name, before)``, when given, is called
-        before and after each node or loss step (the memory estimate and the profiler use it).
+        work and a few dict operations remain. `variant` is each sample's augmentation variant (the
+        output cache's key with `index`). ``observe(kind, name, before)``, when given, is called before
+        and after each node or loss step (the memory estimate and the profiler use it).
         """
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
+        values[_CACHE_KEYS] = (index, variant)  # beside the ports: the plan never frees it
         amp = _autocast_on(image.device.type)
         total: torch.Tensor | None = None
         losses: list[torch.Tensor] = []
@@ -309,6 +313,23 @@ class DistillGraph(nn.Module):
         for name in self.stage.fit:
             self.nodes[name].fit_step(*[values[p] for p in self.spec.nodes[name].inputs])
 
+    def use_output_cache(self, node: str, cache: Any) -> None:
+        """In this stage's training step, gather `node`'s ports from `cache` (an OutputCache) instead of
+        running it; samples the cache lacks are computed and stored while `cache.lazy` (train.cache)."""
+        self._output_caches[(self.stage.index, node)] = cache
+        self._programs.clear()
+
+    def drop_output_caches(self) -> None:
+        self._output_caches.clear()
+        self._programs.clear()
+
+    @torch.no_grad()
+    def node_outputs(self, node: str, image: torch.Tensor, ports: frozenset[str]) -> dict[str, torch.Tensor]:
+        """`ports` (as `node.port`) of a net that reads the image, for a batch, in the node's current mode."""
+        values: dict[str, Any] = {"data.image": image}
+        self._node_closure(Step("node", node, no_grad=True, wanted=frozenset(ports)))(values)
+        return {f"{node}.{p}": values[f"{node}.{p}"] for p in ports}
+
     def _walk(self, ops: list[tuple], values: dict[str, Any]) -> None:
         for run, _weight, step in ops:
             try:
@@ -324,14 +345,17 @@ class DistillGraph(nn.Module):
         ops = self._programs.get(key)
         if ops is None:
             program = {"train": self.stage.program, "eval": self.stage.eval_program, "fit": self.stage.fit_program}
-            ops = self._programs[key] = self._compile(program[kind], amp)
+            ops = self._programs[key] = self._compile(program[kind], amp, cached=kind == "train")
         return ops
 
-    def _compile(self, program: list[Step], amp: bool) -> list[tuple]:
+    def _compile(self, program: list[Step], amp: bool, cached: bool = False) -> list[tuple]:
         """(run(values), loss weight or None, step) per step: the walker's decisions taken once, not per batch."""
         ops = []
         for step in program:
-            if step.kind == "node":
+            cache = self._output_caches.get((self.stage.index, step.name)) if cached else None
+            if step.kind == "node" and cache is not None:
+                ops.append((self._cached_closure(step, cache), None, step))
+            elif step.kind == "node":
                 ops.append((self._node_closure(step), None, step))
             else:
                 edge = self._edges[step.name]
@@ -374,6 +398,26 @@ class DistillGraph(nn.Module):
                 raise NodeError(
                     f"node {name!r}", f"did not produce port {e.args[0]!r} (it produced {sorted(out)})"
                 ) from None
+            for key in free:
+                values.pop(key, None)
+
+        return run
+
+    def _cached_closure(self, step: Step, cache: Any):
+        """A node step that gathers its ports from the output cache by (sample index, augmentation variant)."""
+        compute, free = self._node_closure(Step("node", step.name, no_grad=True, wanted=step.wanted)), step.free
+        keys_of = tuple(f"{step.name}.{port}" for port in sorted(step.wanted))
+
+        def run(values: dict[str, Any]) -> None:
+            image = values["data.image"]
+            keys = cache.keys(*values[_CACHE_KEYS])
+            if cache.lazy:  # computes only what is missing; one read-back of the count per step
+                missing = cache.missing(keys)
+                if len(missing):
+                    part = {"data.image": image[missing]}
+                    compute(part)
+                    cache.put(keys[missing], {k: part[k] for k in keys_of})
+            values.update(cache.get(keys, image.device))
             for key in free:
                 values.pop(key, None)
 
@@ -431,6 +475,7 @@ class DistillGraph(nn.Module):
 
 
 _LOW = (torch.float16, torch.bfloat16)
+_CACHE_KEYS = "data.index+variant"
 
 
 def _autocast_on(device_type: str) -> bool:

@@ -20,6 +20,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .output_cache import human_bytes
+
 if TYPE_CHECKING:
     from .graph import DataInfo, DistillGraph
     from .plan import StagePlan
@@ -131,20 +133,15 @@ def _stage_memory(graph: DistillGraph, spec: GraphSpec, stage: StagePlan, batch:
     return StageMemory(stage.name, len(batch[1]), nodes, persistent, tracker.peak)
 
 
-def human(nbytes: int) -> str:
-    """Bytes as MiB/GiB, for tables."""
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
-
-
 def memory_table(stage: StageMemory) -> list[str]:
     """A stage's estimate as the lines `kdgraph plan` prints."""
     rows = [("node", "parameters", "activations")]
-    rows += [(n.name, human(n.params), human(max(n.activations, 0))) for n in stage.nodes]
+    rows += [(n.name, human_bytes(n.params), human_bytes(max(n.activations, 0))) for n in stage.nodes]
     widths = [max(len(r[c]) for r in rows) for c in range(3)]
     lines = [f"  memory at batch {stage.batch} (estimated from one step on fake tensors):"]
     lines += ["    " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     lines.append(
-        f"    between steps {human(stage.persistent)} (parameters, buffers, optimizer state) + step peak "
-        f"{human(stage.peak)} (activations, gradients, temporaries) = {human(stage.total)}"
+        f"    between steps {human_bytes(stage.persistent)} (parameters, buffers, optimizer state) + step peak "
+        f"{human_bytes(stage.peak)} (activations, gradients, temporaries) = {human_bytes(stage.total)}"
     )
     return lines

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ def weights_hash(module: torch.nn.Module) -> str:
     for name, t in module.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -67,7 +66,13 @@ def cache_key(facts: dict[str, Any]) -> str:
 
 
 class OutputCache:
-    """Per-port value tables over (sample, variant) keys, in memory or memory-mapped from files."""
+    """Per-port value tables over (sample, variant) keys, in memory or memory-mapped from files.
+
+    ``lazy``: the training step computes and stores the keys it finds missing (one read-back per step);
+    once complete (``precompute``) it only gathers.
+    """
+
+    lazy: bool = True
 
     def __init__(
         self,
@@ -127,6 +132,7 @@ class OutputCache:
         )  # fmt: skip
         moved.values = {p: v.to(device) for p, v in self.values.items()}
         moved.filled = self.filled.to(device)
+        moved.lazy = self.lazy
         return moved
 
 
@@ -143,6 +149,6 @@ def _file(port: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in port)
 
 
-def default_root() -> Path:
-    """Where file caches live: $KDGRAPH_CACHE/outputs (the dependency cache's folder)."""
-    return Path(os.environ.get("KDGRAPH_CACHE", Path.home() / ".cache" / "kdgraph")) / "outputs"
+def human_bytes(nbytes: int) -> str:
+    """Bytes as MiB/GiB, for tables."""
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"

@@ -25,6 +25,7 @@ from ..errors import DataError, RunError
 from ..plan import StagePlan
 from ..rng import set_rng_state
 from ..spec import GraphSpec
+from .cache import attach_output_caches
 from .init import InitActions
 from .optim import build_optimizer, group_lr
 from .run_dir import Position, RunFiles, use_cpu
@@ -187,6 +188,7 @@ class Trainer(RunFiles, InitActions):
         if cfg["channels_last"]:
             self.graph.to(memory_format=torch.channels_last)
         self.graph.to(self.device)
+        attach_output_caches(self.graph, self.spec, stage, train_loader, cfg, acc, self.log)
         optimizer = build_optimizer(self.graph, stage, cfg, self.device)
         if resumed and resumed.get("optimizer"):
             optimizer.load_state_dict(resumed["optimizer"])
@@ -222,7 +224,7 @@ class Trainer(RunFiles, InitActions):
             t_last, images = time.perf_counter(), 0
             # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
             for batch in train_loader.epoch(epoch, stage.index, pos.batch):
-                total, losses = step.forward(batch.image, batch.label, batch.index)
+                total, losses = step.forward(batch.image, batch.label, batch.index, batch.variant)
                 # on_nan: skip must decide now, so it reads back every step
                 if skip_nan and not bool(torch.isfinite(losses).all() & torch.isfinite(total.detach())):
                     step.skip()
