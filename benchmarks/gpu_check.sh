@@ -32,7 +32,7 @@ step tests 120 python -m pytest -q -p no:cacheprovider -x tests/test_cuda.py tes
 step overhead_64 75 python benchmarks/step_overhead.py --device cuda --cases kd,slkd --batch 64
 step overhead_512 45 python benchmarks/step_overhead.py --device cuda --cases kd --batch 512
 step throughput_64 120 python benchmarks/throughput.py --device cuda --graphs kd,dkd,slkd,teskd --batches 64 \
-  --configs base,bf16,channels_last,host --steps 20 --warmup 5
+  --configs base,bf16,channels_last,host,cache --steps 20 --warmup 5
 step throughput_512 60 python benchmarks/throughput.py --device cuda --graphs kd,dkd,slkd,teskd --batches 512 \
   --configs base,bf16_cl --steps 20 --warmup 5
 step throughput_compile 60 python benchmarks/throughput.py --device cuda --graphs kd --batches 64 \

@@ -104,3 +104,12 @@ def test_bf16_autocast_stays_near_fp32(tmp_path: Path, base) -> None:
     assert all(v == v and abs(v) < 1e4 for r in losses for v in r.values())  # finite
     # bf16 keeps 8 bits of mantissa: the first step's losses agree to a few parts in a hundred
     _losses_close(losses[:1], base[1][:1], 3e-2)
+
+
+def test_output_cache_trains_as_recomputing(tmp_path: Path) -> None:
+    for augment in ("false", "true"):
+        opts = (f"data.augment={augment}", "++train.optimizer.impl=foreach")
+        plain, plain_losses = _run(tmp_path, f"plain-{augment}", *opts)
+        cached, cached_losses = _run(tmp_path, f"cached-{augment}", *opts, "train.cache=auto")
+        _close(cached, plain, rtol=1e-5, atol=1e-5)
+        _losses_close(cached_losses, plain_losses, 1e-5)
