@@ -18,6 +18,7 @@ from torch import nn
 from .catalog import load_builtins
 from .datasets.base import DataInfo
 from .errors import NodeError, Problem, SpecError, error_of, first_line, sort_problems
+from .losses._util import float32
 from .nets.base import PortNet
 from .plan import NodeFacts, Plan, StagePlan, Step, build_program, make_plan, port_problems
 from .registry import LOSSES, NETS, OPS, PortInfo
@@ -435,10 +436,6 @@ def _autocast_on(device_type: str) -> bool:
 
 def _is_float32_wrapper(fn: Any) -> bool:
     """Whether `fn` is wrapped by kdgraph.losses._util.float32 (whose code object all its wrappers share)."""
-    try:
-        from .losses._util import float32
-    except ImportError:
-        return False
     return hasattr(fn, "__wrapped__") and getattr(fn, "__code__", None) is float32(lambda: None).__code__
 
 

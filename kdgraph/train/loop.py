@@ -92,6 +92,8 @@ class StageRun:
 
 @dataclass
 class Trainer(RunFiles, InitActions):
+    """Trains a checked graph in a run directory, stage by stage; resumes exactly from its checkpoints."""
+
     spec: GraphSpec | CheckedGraph
     run_dir: Path
     accelerator: Any = None
