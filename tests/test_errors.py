@@ -55,6 +55,15 @@ def test_missing_init_files_are_their_own_kind() -> None:
     assert [p.kind for p in problems] == ["missing_file"]
 
 
+def test_override_and_yaml_problems_carry_their_path_as_a_tuple() -> None:
+    with pytest.raises(SpecError) as err:
+        check_graph(CORPUS / "21_cycle.yaml", ["nodes.studnt.net=cnn"])
+    (override,) = [p for p in err.value.problems if p.kind == "override"]
+    assert (override.where, override.node, override.file) == (("nodes", "studnt"), "studnt", "<command line>")
+    _, (duplicate,) = problems_of("04_duplicate_key")
+    assert duplicate.kind == "yaml" and duplicate.where[-1] == duplicate.key
+
+
 def test_error_of_chooses_the_class_from_the_kinds() -> None:
     plan = Problem("nodes.a", "x", kind="cycle", where=("nodes", "a"))
     spec = Problem("nodes.b.net", "y", where=("nodes", "b", "net"))

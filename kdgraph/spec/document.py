@@ -87,6 +87,8 @@ def _record_lines(node: yaml.Node, path: Path_, file: str, locator: Locator, pro
                         key_node.start_mark.line + 1,
                         file,
                         "each key may appear once per mapping",
+                        "yaml",
+                        (*path, key),
                     )
                 )
             seen.add(key)
@@ -149,6 +151,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
                     f"{where}: value is not valid YAML",
                     file="<command line>",
                     kind="override",
+                    where=tuple(path),
                     hint="quote it",
                 )
             )
@@ -167,6 +170,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
                         f"{where}: no such key",
                         file="<command line>",
                         kind="override",
+                        where=tuple(path[: i + 1]),
                         hint=hint,
                     )
                 )
@@ -186,7 +190,14 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
                 f"use +{key}=... to add a new key"
             )
             problems.append(
-                Problem(format_path(path), f"{where}: no such key", file="<command line>", kind="override", hint=hint)
+                Problem(
+                    format_path(path),
+                    f"{where}: no such key",
+                    file="<command line>",
+                    kind="override",
+                    where=tuple(path),
+                    hint=hint,
+                )
             )
             continue
         if mode == "add" and exists:
@@ -196,6 +207,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
                     f"{where}: key already exists",
                     file="<command line>",
                     kind="override",
+                    where=tuple(path),
                     hint=f"use {key}=... to change it",
                 )
             )
@@ -207,6 +219,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
                     f"{where}: no such key to remove",
                     file="<command line>",
                     kind="override",
+                    where=tuple(path),
                     hint=_key_hint(parent, last),
                 )
             )
@@ -224,7 +237,11 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         else:
             problems.append(
                 Problem(
-                    format_path(path[:-1]), f"{where}: not a mapping or list", file="<command line>", kind="override"
+                    format_path(path[:-1]),
+                    f"{where}: not a mapping or list",
+                    file="<command line>",
+                    kind="override",
+                    where=tuple(path[:-1]),
                 )
             )
             continue
