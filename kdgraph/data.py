@@ -558,6 +558,21 @@ def make_loaders(
     )
 
 
+TRAIN_SIZES = {"cifar100": 50_000, "cifar10": 50_000, "digits": 1437}
+
+
+def train_size_of(cfg: dict[str, Any]) -> int | None:
+    """Samples in the training split of a `data:` section without loading it (None for an image folder).
+
+    Ops with per-sample state (CRD's memory bank) size themselves with it; `subset` caps it.
+    """
+    name = cfg["dataset"]
+    size = int(cfg["size"]) if name == "synthetic" else TRAIN_SIZES.get(name)
+    if size is not None and cfg.get("subset"):
+        size = min(size, int(cfg["subset"]))
+    return size
+
+
 def data_info_of(cfg: dict[str, Any], base_dir: Path | None = None) -> tuple[int, int, int]:
     """(classes, channels, image size) of a `data:` section without loading the data.
 

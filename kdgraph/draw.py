@@ -195,11 +195,11 @@ def plan_for_drawing(spec: GraphSpec) -> tuple[Plan, dict[str, NodeFacts], dict[
     """
     import torch
 
-    from .data import data_info_of
+    from .data import data_info_of, train_size_of
     from .graph import DataInfo, DistillGraph
 
     spec = _without_pretrained(spec)
-    info = DataInfo(*data_info_of(spec.data))
+    info = DataInfo(*data_info_of(spec.data), train_size_of(spec.data))
     try:
         with torch.device("meta"):
             graph = DistillGraph(spec, info)

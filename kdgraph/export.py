@@ -376,11 +376,12 @@ def _run_spec(doc: dict) -> GraphSpec:
     return load_spec(document=doc, check_registry=False)
 
 
-def _data_info(doc: dict) -> dict[str, int]:
-    from .data import data_info_of
+def _data_info(doc: dict) -> dict[str, int | None]:
+    from .data import data_info_of, train_size_of
 
-    classes, channels, size = data_info_of(_run_spec(doc).data)
-    return {"num_classes": classes, "channels": channels, "image_size": size}
+    data = _run_spec(doc).data
+    classes, channels, size = data_info_of(data)
+    return {"num_classes": classes, "channels": channels, "image_size": size, "num_train": train_size_of(data)}
 
 
 def _prune_unused(model: DeployedModel, info: DataInfo) -> dict[str, list[str]]:

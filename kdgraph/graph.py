@@ -43,6 +43,7 @@ class DataInfo:
     num_classes: int
     channels: int
     image_size: int
+    num_train: int | None = None  # training samples (CRD's memory bank); None when not known ahead
 
 
 def _accepts(obj: Any, name: str) -> bool:
@@ -138,6 +139,7 @@ class DistillGraph(nn.Module):
             "num_classes": self.data_info.num_classes,
             "in_channels": self.data_info.channels,
             "image_size": self.data_info.image_size,
+            "num_train": self.data_info.num_train,
         }
         if node.kind == "op":
             engine["in_info"] = [self._port_info(p, facts) for p in node.inputs]
@@ -515,9 +517,9 @@ def _registered(node: NodeSpec) -> bool:
 
 def data_info(spec: GraphSpec) -> DataInfo:
     """Classes, channels and image size from the `data:` section, without loading the data."""
-    from .data import data_info_of
+    from .data import data_info_of, train_size_of
 
-    return DataInfo(*data_info_of(spec.data, spec.base_dir))
+    return DataInfo(*data_info_of(spec.data, spec.base_dir), train_size_of(spec.data))
 
 
 def check_graph(

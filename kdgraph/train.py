@@ -270,7 +270,9 @@ class Trainer:
             self.dataset: Dataset = load_dataset(self.spec.data, self.spec.base_dir, int(self.spec.train["seed"]))
         except DataError as e:  # say which line of the graph file asked for it
             raise DataError(self.spec.problem(("data", "dataset"), str(e)).format()) from None
-        self.info = DataInfo(self.dataset.num_classes, self.dataset.channels, self.dataset.image_size)
+        self.info = DataInfo(
+            self.dataset.num_classes, self.dataset.channels, self.dataset.image_size, len(self.dataset.train)
+        )
         probe = dry_run(self.spec, self.info)
         seed_everything(int(self.spec.train["seed"]))  # the dry run must not change the real weights
         self.graph = DistillGraph(self.spec, self.info)
