@@ -33,11 +33,11 @@ def crd(
 ) -> torch.Tensor:
     """CRD: NCE of the student-anchored scores plus NCE of the teacher-anchored scores (CRD Eq. 18).
 
-    pred: ``crd.student``, target: ``crd.teacher``, both (N, K+1) with column 0 the positive
-    pair (the ``crd`` op's outputs, already divided by its normalisation constant Z). Each side's
+    pred: the ``crd`` op's ``student`` port, target: its ``teacher`` port, both (N, K+1) with column 0
+    the positive pair (the op's scores, already divided by its normalisation constant Z). Each side's
     term is ``nce``: -(sum_i log h_i0 + sum_{i, k>=1} log(1 - h_ik)) / N, with
     h = p / (p + K/n_data + eps) and 1 - h computed as (K/n_data) / (p + K/n_data + eps), as
-    RepDistiller's ContrastLoss. n_data: the memory bank's size (the port ``crd.n_data``). Both
+    RepDistiller's ContrastLoss. n_data: the memory bank's size (the op's ``n_data`` port, e.g. ``contrast.n_data``). Both
     sides carry gradient into their heads: write the edge with ``detach: false``.
     Tian, Krishnan, Isola. Contrastive Representation Distillation. ICLR 2020, arXiv:1910.10699.
     """
