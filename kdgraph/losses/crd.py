@@ -37,8 +37,8 @@ def crd(
     the positive pair (the op's scores, already divided by its normalisation constant Z). Each side's
     term is ``nce``: -(sum_i log h_i0 + sum_{i, k>=1} log(1 - h_ik)) / N, with
     h = p / (p + K/n_data + eps) and 1 - h computed as (K/n_data) / (p + K/n_data + eps), as
-    RepDistiller's ContrastLoss. n_data: the memory bank's size (the op's ``n_data`` port, e.g. ``contrast.n_data``). Both
-    sides carry gradient into their heads: write the edge with ``detach: false``.
+    RepDistiller's ContrastLoss. n_data: the memory bank's size (the op's ``n_data`` port, e.g.
+    ``contrast.n_data``). Both sides carry gradient into their heads: write the edge with ``detach: false``.
     Tian, Krishnan, Isola. Contrastive Representation Distillation. ICLR 2020, arXiv:1910.10699.
     """
     return nce(pred, n_data, eps) + nce(target, n_data, eps)
