@@ -154,12 +154,16 @@ def test_memory_bank_resumes_bitwise_after_an_interruption(tmp_path: Path) -> No
 
 
 def test_bank_size_comes_from_the_training_split() -> None:
-    from kdgraph.data import train_size_of
+    from kdgraph.data import data_info
+
+    def train_size_of(cfg: dict) -> int | None:
+        return data_info(cfg).num_train
 
     assert train_size_of({"dataset": "cifar100"}) == 50_000
     assert train_size_of({"dataset": "cifar100", "subset": 256}) == 256
     assert train_size_of({"dataset": "digits"}) == 1437  # the fixed digits split
-    assert train_size_of({"dataset": "synthetic", "size": 8, "subset": 20}) == 8
+    synthetic = {"dataset": "synthetic", "size": 8, "classes": 2, "channels": 1, "image_size": 4}
+    assert train_size_of({**synthetic, "subset": 20}) == 8
     assert train_size_of({"dataset": "imagefolder", "root": "x"}) is None
     with pytest.raises(ValueError, match="give n_data"):
         CRDMemory(in_info=[PortInfo("vector", 4), PortInfo("vector", 4)], num_train=None)
