@@ -167,3 +167,52 @@ def test_bank_size_comes_from_the_training_split() -> None:
     assert train_size_of({"dataset": "imagefolder", "root": "x"}) is None
     with pytest.raises(ValueError, match="give n_data"):
         CRDMemory(in_info=[PortInfo("vector", 4), PortInfo("vector", 4)], num_train=None)
+
+
+DDP_GRAPH = """\
+kdgraph: 1
+name: crd_ddp
+data: {dataset: synthetic, size: 32, test_size: 16, image_size: 6, channels: 1, classes: 3, batch_size: 8,
+       augment: false}
+nodes:
+  teacher: {net: mlp, hidden: [12], frozen: true}
+  student: {net: mlp, hidden: [8]}
+  contrast: {op: crd, in: [student.pooled, teacher.pooled, data.index, data.label], feat_dim: 4, nce_k: 10}
+edges:
+  - {loss: ce, from: data.label, to: student.logits}
+  - {name: crd, loss: crd, from: contrast.teacher, to: contrast.student, weight: 0.0, detach: false,
+     n_data: contrast.n_data}
+train:
+  epochs: 1
+  optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
+  progress: false
+deploy: student.logits
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_update_the_bank_with_every_process_rows(tmp_path: Path) -> None:
+    """2 processes x batch 4 leave the bank 1 process x batch 8 leaves (the NCE weighted 0, so the nets agree)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    graph = tmp_path / "crd_ddp.yaml"
+    graph.write_text(DDP_GRAPH)
+    env = {**os.environ, "KDGRAPH_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    exe = shutil.which("torchrun")
+    torchrun = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+    cmd = [*torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kdgraph", "run", str(graph), "--out",
+           str(tmp_path / "two")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    Trainer(load_spec(graph), tmp_path / "one", log=lambda *_: None).run()
+    a = torch.load(tmp_path / "two" / "final.pt", weights_only=False)["graph"]
+    b = torch.load(tmp_path / "one" / "final.pt", weights_only=False)["graph"]
+    assert (b["nodes.contrast.labels"] >= 0).all()  # one epoch saw every row
+    for key in ("nodes.contrast.memory_s", "nodes.contrast.memory_t", "nodes.contrast.labels"):
+        assert torch.allclose(a[key].double(), b[key].double(), atol=1e-5), key
