@@ -216,3 +216,13 @@ def test_two_processes_update_the_bank_with_every_process_rows(tmp_path: Path) -
     assert (b["nodes.contrast.labels"] >= 0).all()  # one epoch saw every row
     for key in ("nodes.contrast.memory_s", "nodes.contrast.memory_t", "nodes.contrast.labels"):
         assert torch.allclose(a[key].double(), b[key].double(), atol=1e-5), key
+
+
+def test_relax_mode_takes_a_positive_of_the_same_class() -> None:
+    m = op(n=40, k=5, mode="relax")
+    assert torch.equal(m.contrast_index(torch.tensor([3, 8]), torch.tensor([1, 0]))[:, 0], torch.tensor([3, 8]))
+    m.labels.copy_(torch.arange(40) % 4)  # every row seen: row r has class r % 4
+    idx = m.contrast_index(torch.arange(40), torch.arange(40) % 4)
+    assert torch.equal(idx[:, 0] % 4, torch.arange(40) % 4)  # a positive of its own class
+    assert not torch.equal(idx[:, 0], torch.arange(40))  # not always the sample itself
+    assert (idx[:, 1:] % 4 != (torch.arange(40) % 4)[:, None]).all()  # negatives of other classes

@@ -13,6 +13,7 @@ from ..registry import PortInfo, register_op
 from .base import Op, channels_of
 
 NEGATIVES = ("other_class", "uniform")
+MODES = ("exact", "relax")
 
 
 class Embed(nn.Module):
@@ -65,7 +66,8 @@ class CRDMemory(Op):
     CIFAR loaders, mode 'exact': drawn uniformly, with replacement, among the samples of other
     classes; the labels of the bank's rows are learnt as they are seen, so before a row was seen
     it counts as another class) or ``uniform`` (over the whole bank: the reference's own sampler
-    when the loader gives none). Scores, with T = nce_t:
+    when the loader gives none). mode ``exact`` (default): the positive is the sample's own row;
+    ``relax``: a random seen row of its class (the loaders' mode 'relax'). Scores, with T = nce_t:
 
         student[i, k] = exp(<memory_t[idx_ik], v_s,i> / T) / Z_s
         teacher[i, k] = exp(<memory_s[idx_ik], v_t,i> / T) / Z_t
@@ -90,6 +92,7 @@ class CRDMemory(Op):
         nce_t: float = 0.07,
         nce_m: float = 0.5,
         negatives: str = "other_class",
+        mode: str = "exact",
         n_data: int | None = None,
         num_train: int | None = None,
         in_info: list[PortInfo] | None = None,
@@ -97,10 +100,12 @@ class CRDMemory(Op):
         super().__init__()
         if negatives not in NEGATIVES:
             raise ValueError(f"crd: negatives must be one of {', '.join(NEGATIVES)}, not {negatives!r}")
+        if mode not in MODES:
+            raise ValueError(f"crd: mode must be one of {', '.join(MODES)}, not {mode!r}")
         size = n_data or num_train
         if not size:
             raise ValueError("crd: the training set's size is unknown for this dataset: give n_data")
-        self.k, self.t, self.m, self.negatives = int(nce_k), float(nce_t), float(nce_m), negatives
+        self.k, self.t, self.m, self.negatives, self.mode = int(nce_k), float(nce_t), float(nce_m), negatives, mode
         self.embed_s = Embed(channels_of(in_info, 0, "crd"), int(feat_dim))
         self.embed_t = Embed(channels_of(in_info, 1, "crd"), int(feat_dim))
         s = 1.0 / math.sqrt(feat_dim / 3)
@@ -111,18 +116,25 @@ class CRDMemory(Op):
         self.register_buffer("n_data", torch.tensor(float(size)), persistent=False)
 
     def contrast_index(self, index: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """(N, K+1) bank rows: the sample itself, then K negatives (with replacement)."""
+        """(N, K+1) bank rows: the positive (the sample itself; relax: a seen row of its class), then K negatives."""
         n, shape = self.memory_s.shape[0], (index.shape[0], self.k)
-        if self.negatives == "uniform":
+        if self.negatives == "uniform" and self.mode == "exact":
             return torch.cat([index[:, None], torch.randint(0, n, shape, device=index.device)], dim=1)
-        # uniform over the rows of other classes: rows sorted by label, the own class's block skipped
+        # rows sorted by label: each class is one block [start, start + count)
         sorted_labels, order = torch.sort(self.labels, stable=True)
         start = torch.searchsorted(sorted_labels, label, right=False)
         count = torch.searchsorted(sorted_labels, label, right=True) - start
+        positive = index
+        if self.mode == "relax":  # a random row of the same class, the sample itself while none was seen
+            u = (torch.rand(index.shape, device=index.device) * count).long().clamp_max((count - 1).clamp_min(0))
+            positive = torch.where(count > 0, order[(start + u).clamp_max(n - 1)], index)
+        if self.negatives == "uniform":
+            return torch.cat([positive[:, None], torch.randint(0, n, shape, device=index.device)], dim=1)
+        # uniform over the rows of other classes: the own class's block skipped
         others = (n - count).clamp_min(1)
         u = (torch.rand(shape, device=index.device) * others[:, None]).long().clamp_max(others[:, None] - 1)
         skip = torch.where(u >= start[:, None], u + count[:, None], u).clamp_max(n - 1)
-        return torch.cat([index[:, None], order[skip]], dim=1)
+        return torch.cat([positive[:, None], order[skip]], dim=1)
 
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor, index: torch.Tensor, label: torch.Tensor
@@ -160,4 +172,4 @@ class CRDMemory(Op):
 
     def extra_repr(self) -> str:
         return (f"n_data={self.memory_s.shape[0]}, feat_dim={self.memory_s.shape[1]}, nce_k={self.k}, "
-                f"nce_t={self.t}, nce_m={self.m}, negatives={self.negatives!r}")
+                f"nce_t={self.t}, nce_m={self.m}, negatives={self.negatives!r}, mode={self.mode!r}")
