@@ -24,7 +24,7 @@ handwritten digits, no download), ``synthetic`` (learnable class prototypes plus
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -390,12 +390,16 @@ def make_loaders(
 
 
 def data_info(cfg: dict[str, Any], base_dir: Path | None = None) -> DataInfo:
-    """Classes, channels and image size of a `data:` section without loading the data.
+    """Classes, channels, image size and training samples of a `data:` section without loading the data.
 
-    The registered dataset's ``info`` answers (relative paths from `base_dir`, the graph file's folder).
+    The registered dataset's ``info`` answers (relative paths from `base_dir`, the graph file's folder);
+    `subset` caps the training samples, as loading does.
     """
     load_builtins()
-    return DATASETS.get(cfg["dataset"]).obj().info(cfg, base_dir or Path.cwd())
+    info = DATASETS.get(cfg["dataset"]).obj().info(cfg, base_dir or Path.cwd())
+    if info.num_train is not None and cfg.get("subset"):
+        info = replace(info, num_train=min(info.num_train, int(cfg["subset"])))
+    return info
 
 
 def data_info_of(cfg: dict[str, Any], base_dir: Path | None = None) -> tuple[int, int, int]:

@@ -119,6 +119,7 @@ class DistillGraph(nn.Module):
             "num_classes": self.data_info.num_classes,
             "in_channels": self.data_info.channels,
             "image_size": self.data_info.image_size,
+            "num_train": self.data_info.num_train,
         }
         if node.kind == "op":
             engine["in_info"] = [self._port_info(p, facts) for p in node.inputs]
