@@ -133,10 +133,10 @@ def test_zoo_graphs_take_every_pair_with_repdistillers_positions(graph: str) -> 
         five = teacher in FIVE_STAGES and student in FIVE_STAGES
         if graph == "sp.yaml":  # feat[-2]: the last stage's map
             edge = spec.edge("sp")
-            assert (edge.src, edge.dst) == (f"teacher.feat{4 if teacher in FIVE_STAGES else 3}",
+            assert (edge.target, edge.pred) == (f"teacher.feat{4 if teacher in FIVE_STAGES else 3}",
                                             f"student.feat{4 if student in FIVE_STAGES else 3}")
         if graph in ("vid.yaml", "nst.yaml"):  # feat[1:-1]: every stage output but the first
-            positions = sorted(e.dst.split(".")[0] if graph == "vid.yaml" else e.dst.split(".")[1]
+            positions = sorted(e.pred.split(".")[0] if graph == "vid.yaml" else e.pred.split(".")[1]
                                for e in spec.edges if e.loss in ("vid", "nst"))
             want = [f"vid{k}" for k in range(1, 5 if five else 4)] if graph == "vid.yaml" else \
                 [f"feat{k}" for k in range(1, 5 if five else 4)]
