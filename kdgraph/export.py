@@ -223,7 +223,7 @@ class DeployedModel(nn.Module):
         self._program = graph._compile(_program(graph.spec, order, [port], [], lambda n: False, keep=[port]), False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        values: dict[str, Any] = {"data.image": image, "data.label": None, "data.index": None}
+        values = self.graph.data_values(image)
         self.graph._walk(self._program, values)
         return values[self.port]
 

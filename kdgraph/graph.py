@@ -34,6 +34,7 @@ from .plan import (
 )
 from .registry import LOSSES, NETS, OPS, PortInfo, load_builtins
 from .spec import ENGINE_ARGS, EdgeSpec, GraphSpec, NodeSpec, load_spec, sort_problems
+from .views import view_names, view_port
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class DistillGraph(nn.Module):
         self._loss_fns = {e.name: LOSSES.get(e.loss).obj for e in spec.edges}
         self._loss_takes_labels = {e.name: _accepts(LOSSES.get(e.loss).obj, "labels") for e in spec.edges}
         self._edges = {e.name: e for e in spec.edges}
+        self._view_ports = {v: view_port(v) for v in view_names(spec.data)}
         self._epoch_params: dict[str, dict[str, Any]] = {}
         self._weights: dict[str, float] = {}
         # scheduled weights live in 0-dim tensors updated in place, so a torch.compile'd step is not
@@ -193,7 +195,7 @@ class DistillGraph(nn.Module):
     def _port_info(self, port: str, facts: dict[str, NodeFacts]) -> PortInfo:
         node, name = port.split(".", 1)
         if node == DATA:
-            if name == "image":
+            if name == "image" or name.endswith(".image"):
                 return PortInfo("map", self.data_info.channels, 1)
             return PortInfo("any")
         return facts[node].ports.get(name, PortInfo()) if node in facts else PortInfo()
@@ -263,13 +265,24 @@ class DistillGraph(nn.Module):
 
     # ------------------------------------------------------------------ walking
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None = None):
+    def data_values(
+        self, image: torch.Tensor, label: Any = None, index: Any = None, views: dict | None = None
+    ) -> dict[str, Any]:
+        """The data ports of a batch; a view the batch lacks (evaluation, export) is the plain image."""
+        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
+        for v, port in getattr(self, "_view_ports", {}).items():
+            values[port] = views[v] if views and v in views else image
+        return values
+
+    def forward(
+        self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None = None, views: dict | None = None
+    ):
         """One training step's forward: (weighted total loss, the stage's edge losses stacked, detached).
 
         Runs the stage's program precompiled into closures (``_compile``): per batch, only the tensor
-        work and a few dict operations remain.
+        work and a few dict operations remain. `views`: the batch's named views (``data.<view>.image``).
         """
-        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
+        values = self.data_values(image, label, index, views)
         amp = _autocast_on(image.device.type)
         total: torch.Tensor | None = None
         losses: list[torch.Tensor] = []
@@ -294,7 +307,7 @@ class DistillGraph(nn.Module):
     @torch.no_grad()
     def evaluate(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The stage's evaluated ports for a batch of images."""
-        values: dict[str, Any] = {"data.image": image}
+        values = self.data_values(image)
         self._walk(self._compiled("eval", False), values)
         return {p: values[p] for p in self.stage.eval_ports}
 
@@ -307,14 +320,14 @@ class DistillGraph(nn.Module):
 
         order = _needed(self.plan.order, dataflow_graph(self.spec, refs=False), ports)
         program = _program(self.spec, order, ports, [], lambda n: True, keep=ports)
-        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
+        values = self.data_values(image, label)
         self._walk(self._compile(program, False), values)
         return {p: values[p] for p in ports}
 
     @torch.no_grad()
     def fit_batch(self, image: torch.Tensor, label: torch.Tensor) -> None:
         """Feed one batch to each node this stage fits (fit_step with its inputs)."""
-        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
+        values = self.data_values(image, label)
         self._walk(self._compiled("fit", False), values)
         for name in self.stage.fit:
             self.nodes[name].fit_step(*[values[p] for p in self.spec.nodes[name].inputs])
@@ -551,6 +564,7 @@ def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
     g = torch.Generator().manual_seed(0)
     image = torch.randn(batch, data.channels, data.image_size, data.image_size, generator=g)
     label = torch.arange(batch) % data.num_classes
+    views = {v: torch.randn(image.shape, generator=g) for v in view_names(spec.data)}  # distinct, as in training
     problems = []
     for stage in graph.plan.stages:
         graph.set_stage(stage)
@@ -562,7 +576,7 @@ def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
                 graph.fit_batch(image, label)
                 for name in stage.fit:
                     graph.nodes[name].fit_end()
-            total, _ = graph(image, label, torch.arange(batch))
+            total, _ = graph(image, label, torch.arange(batch), views)
             if total.requires_grad:
                 total.backward()
             graph.gradless[stage.index] = [n for n, p in graph.named_parameters() if p.requires_grad and p.grad is None]

@@ -22,9 +22,11 @@ import yaml
 from . import expr
 from .errors import PlanError, Problem, SpecError, did_you_mean
 from .registry import LOSSES, NETS, OPS, Entry, RegistryError, load_builtins
+from .views import data_port_problem, view_problems
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "graph.schema.json"
-PORT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_/]*)$")
+# node.port; data's named views add one level: data.<view>.image
+PORT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_/]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)$")
 DATA_PORTS = ("image", "label", "index")
 NODE_KEYS = ("net", "op", "in", "frozen", "init", "optim", "taps", "label")
 EDGE_KEYS = ("loss", "from", "to", "weight", "detach", "name", "sample_weight")
@@ -628,6 +630,7 @@ def load_spec(
             raise SpecError(sort_problems(problems + typed))
     try:
         spec = _normalise(doc, Path(path) if path else None, locator, overrides, problems)
+        problems += view_problems(spec.data, spec.problem)
         if check_registry:
             problems += registry_problems(spec)
         from .plan import cycle_problems
@@ -898,13 +901,8 @@ def _port_ref_problems(port: Any, path: Path_, known_nodes: set[str], spec: Grap
                 did_you_mean(node, sorted(known_nodes)) or f"known nodes: {', '.join(sorted(known_nodes))}",
             )
         ]
-    if node == "data" and name not in DATA_PORTS:
-        return [
-            spec.problem(
-                path, f"data has no port {name!r}", did_you_mean(name, DATA_PORTS) or "data ports: image, label, index"
-            )
-        ]
-    return []
+    bad = data_port_problem(name, spec.data) if node == "data" else None
+    return [spec.problem(path, *bad)] if bad else []
 
 
 def _init_problems(init: dict, path: Path_, spec: GraphSpec, stage_index: int | None = None) -> list[Problem]:

@@ -40,12 +40,15 @@ class TrainStep:
         self.inner = getattr(optimizer, "optimizer", optimizer) if self.direct else optimizer
         self.params = [p for group in self.inner.param_groups for p in group["params"]]
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None):
-        """(weighted total loss, stacked detached edge losses) of one batch."""
+    def forward(
+        self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None, views: dict | None = None
+    ):
+        """(weighted total loss, stacked detached edge losses) of one batch (`views`: its named views)."""
+        args = (image, label, index, views) if views else (image, label, index)
         if self.autocast:
             with self.accelerator.autocast():
-                return self.model(image, label, index)
-        return self.model(image, label, index)
+                return self.model(*args)
+        return self.model(*args)
 
     def update(self, total: torch.Tensor) -> None:
         """Backward the total loss, clip, step the optimizer and drop the gradients."""

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .augment import make_views
 from .data import Dataset, Loader, load_dataset, make_loaders
 from .errors import CheckpointError, DataError, RunError, SpecError
 from .graph import DataInfo, DistillGraph, dry_run
@@ -279,7 +280,10 @@ class Trainer:
 
     def _loaders(self, train_cfg: dict[str, Any]) -> tuple[Loader, Loader, Loader]:
         acc = self.accelerator
-        return make_loaders(self.dataset, self.spec.data, train_cfg, self.device, acc.process_index, acc.num_processes)
+        views = make_views(self.spec.data.get("views"), self.dataset.image_size, self.dataset.mean)
+        return make_loaders(
+            self.dataset, self.spec.data, train_cfg, self.device, acc.process_index, acc.num_processes, views
+        )
 
     def _write_run_files(self) -> None:
         if not self.main:
@@ -581,7 +585,7 @@ class Trainer:
             t_last, images = time.perf_counter(), 0
             # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
             for batch in train_loader.epoch(epoch, stage.index, pos.batch):
-                total, losses = step.forward(batch.image, batch.label, batch.index)
+                total, losses = step.forward(batch.image, batch.label, batch.index, batch.views)
                 # on_nan: skip must decide now, so it reads back every step
                 if skip_nan and not bool(torch.isfinite(losses).all() & torch.isfinite(total.detach())):
                     step.skip()

@@ -1,0 +1,149 @@
+"""Named views of one sample: ``data.views`` in a graph file, its ports, and its checks (no torch here).
+
+    data:
+      dataset: cifar100
+      views:
+        weak:   {augment: [crop, flip]}
+        strong: {augment: [crop, flip, autoaugment]}
+
+Each view is its own augmentation pipeline applied to the same samples of a batch (same labels,
+same indices), published as the port ``data.<view>.image``; ``data.image`` stays the default view
+(crop and flip when ``data.augment``). A node reads a view with ``in: data.strong.image``. Steps
+are names, or one-key mappings with parameters: ``{cutout: {size: 8}}``, ``{randaugment:
+{num_ops: 2, magnitude: 10}}``. What each step does is in ``kdgraph.augment``; evaluation (and
+export) feeds every view the plain test image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .errors import Problem, did_you_mean
+
+# step -> its parameters and their defaults (None: chosen from the image size, see kdgraph.augment)
+AUGMENTS: dict[str, dict[str, Any]] = {
+    "crop": {"pad": None},
+    "flip": {"p": 0.5},
+    "cutout": {"size": None, "fill": "mean"},
+    "autoaugment": {"policy": "cifar10"},
+    "randaugment": {"num_ops": 2, "magnitude": 9},
+    "trivialaugment": {},
+    "colorjitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.0},
+}
+RESERVED = ("image", "label", "index")  # the default ports: not view names
+POLICIES = ("cifar10", "imagenet", "svhn")
+
+
+def view_names(data: dict[str, Any]) -> list[str]:
+    """The views a `data:` section declares, in file order."""
+    views = data.get("views") or {}
+    return list(views) if isinstance(views, dict) else []
+
+
+def view_port(name: str) -> str:
+    return f"data.{name}.image"
+
+
+def view_of_port(port: str) -> str | None:
+    """'data.weak.image' -> 'weak'; 'data.image' -> 'image' (the default view); anything else: None."""
+    parts = port.split(".")
+    if parts[0] != "data":
+        return None
+    if parts[1:] == ["image"]:
+        return "image"
+    return parts[1] if len(parts) == 3 and parts[2] == "image" else None
+
+
+def steps_of(view: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A view's pipeline as (step, parameters with defaults filled in) pairs."""
+    out = []
+    for step in view.get("augment") or []:
+        name, params = (step, {}) if isinstance(step, str) else next(iter(step.items()))
+        out.append((name, {**AUGMENTS.get(name, {}), **(params or {})}))
+    return out
+
+
+def describe(view: dict[str, Any]) -> str:
+    """'crop, flip, autoaugment' (a step's non-default parameters in parentheses)."""
+    shown = []
+    for step in view.get("augment") or []:
+        if isinstance(step, str):
+            shown.append(step)
+        else:
+            name, params = next(iter(step.items()))
+            inner = ", ".join(f"{k}={v}" for k, v in (params or {}).items())
+            shown.append(f"{name}({inner})" if inner else name)
+    return ", ".join(shown) or "no augmentation"
+
+
+def data_port_problem(name: str, data: dict[str, Any]) -> tuple[str, str] | None:
+    """(why, hint) when `data.<name>` is not a data port, else None; `name` is what follows `data.`."""
+    if name in RESERVED:
+        return None
+    views = view_names(data)
+    head, _, tail = name.partition(".")
+    if head in views and tail == "image":
+        return None
+    known = data_port_names(data)
+    if head in views:
+        return f"view {head!r} publishes only 'data.{head}.image'", f"write data.{head}.image"
+    return f"data has no port {name!r}", did_you_mean(name, known) or "data ports: " + ", ".join(known)
+
+
+def data_port_names(data: dict[str, Any]) -> list[str]:
+    """Every data port name after `data.` (for did-you-mean)."""
+    return [*RESERVED, *(f"{v}.image" for v in view_names(data))]
+
+
+def view_problems(data: dict[str, Any], problem: Callable[..., Problem]) -> list[Problem]:
+    """Unknown steps or parameters, reserved view names, bad values: each one problem at its path."""
+    views = data.get("views") or {}
+    found: list[Problem] = []
+    if not isinstance(views, dict):
+        return [problem(("data", "views"), "views maps a view name to {augment: [...]}")]
+    for vname, view in views.items():
+        path = ("data", "views", vname)
+        if vname in RESERVED:
+            found.append(problem(path, f"{vname!r} is a data port, not a view name", "call the view e.g. weak"))
+        if not isinstance(view, dict):
+            found.append(problem(path, "a view is {augment: [steps]}"))
+            continue
+        for i, step in enumerate(view.get("augment") or []):
+            where = (*path, "augment", i)
+            if isinstance(step, dict) and len(step) == 1:
+                name, params = next(iter(step.items()))
+            elif isinstance(step, str):
+                name, params = step, {}
+            else:
+                found.append(problem(where, "a step is a name or {name: {parameters}}", "e.g. {cutout: {size: 8}}"))
+                continue
+            if name not in AUGMENTS:
+                found.append(
+                    problem(where, f"unknown augmentation {name!r}", did_you_mean(name, list(AUGMENTS)) or
+                            "augmentations: " + ", ".join(AUGMENTS))
+                )
+                continue
+            if not isinstance(params, dict):
+                found.append(problem(where, f"the parameters of {name!r} are a mapping"))
+                continue
+            for key, value in params.items():
+                if key not in AUGMENTS[name]:
+                    known = ", ".join(AUGMENTS[name]) or "none"
+                    found.append(
+                        problem((*where, name, key), f"augmentation {name!r} has no parameter {key!r}",
+                                did_you_mean(key, list(AUGMENTS[name])) or f"its parameters: {known}")
+                    )
+                elif key == "policy" and value not in POLICIES:
+                    found.append(problem((*where, name, key), f"unknown policy {value!r}",
+                                         "policies: " + ", ".join(POLICIES)))
+    return found
+
+
+def node_views(nodes: dict[str, Any]) -> dict[str, list[str]]:
+    """Per node (a mapping name -> NodeSpec), the views it reads directly: ['weak'], ['image'], or []."""
+    out = {}
+    for name, node in nodes.items():
+        seen = [v for v in (view_of_port(p) for p in node.inputs) if v is not None]
+        out[name] = list(dict.fromkeys(seen))
+    return out
