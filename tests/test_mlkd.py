@@ -64,7 +64,8 @@ def reference(T0: float, ce_w: float, w: float, stand: bool) -> float:
     temps = [T0, 3.0, 5.0, 2.0, 6.0]
     ce = ce_w * (torch.nn.functional.cross_entropy(SW, Y) + torch.nn.functional.cross_entropy(SS, Y))
     kd_weak = sum(w * (ref_kd(SW, TW, T, stand) * mask).mean() for T in temps)
-    kd_strong = sum(w * ref_kd(SS, TS, T, stand) for T in temps[:3]) + sum(w * ref_kd(SW, TW, T, stand) for T in temps[3:])
+    kd_strong = sum(w * ref_kd(SS, TS, T, stand) for T in temps[:3])
+    kd_strong += sum(w * ref_kd(SW, TW, T, stand) for T in temps[3:])  # the code's T = 2, 6: the weak view
     cc_weak = sum(w * (ref_cc(SW, TW, T) * class_mask).mean() for T in temps)
     bc_weak = sum(w * (ref_bc(SW, TW, T) * mask).mean() for T in temps)
     return float(ce + kd_weak + kd_strong + cc_weak + bc_weak)
