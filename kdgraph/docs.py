@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .registry import LOSSES, NETS, OPS, Entry, PortInfo, Registry, load_builtins
+from .views import reference_section as views_reference
 
 REGENERATE = "kdgraph list --markdown -o docs/reference.md"
 FROM_DATA = ("num_classes", "in_channels", "image_size")  # the engine fills these from the dataset
@@ -46,7 +47,7 @@ def reference_markdown(include_plugins: bool = False) -> str:
         "",
         f"Generated from the registries by `{REGENERATE}`; do not edit it by hand. {counts}.",
         "",
-        "- [Nets](#nets)\n- [Ops](#ops)\n- [Losses](#losses)",
+        "- [Nets](#nets)\n- [Ops](#ops)\n- [Losses](#losses)\n- [Views](#views)",
     ]
     for kind, _, block in sections:
         entries = chosen[kind]
@@ -54,6 +55,7 @@ def reference_markdown(include_plugins: bool = False) -> str:
         out += [f"| [`{e.name}`](#{_anchor(e)}) | {_cell(e.description)} |" for e in entries]
         for group in _groups(entries, block):
             out += ["", *group]
+    out += ["", *views_reference()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).rstrip() + "\n"
 
 

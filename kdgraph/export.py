@@ -251,6 +251,9 @@ def _slice_document(doc: dict, port: str) -> tuple[dict, dict[str, str]]:
         "deploy": port,
         "train": {"epochs": 0, "eval": [port]},  # nothing to train: a graph of the deployed computation only
     }
+    views = (doc.get("data") or {}).get("views")
+    if views:  # nodes may read data.<view>.image: the deployed module feeds them its one image
+        sliced["data"] = {"views": copy.deepcopy(views)}
     return sliced, outside
 
 

@@ -31,6 +31,17 @@ AUGMENTS: dict[str, dict[str, Any]] = {
     "trivialaugment": {},
     "colorjitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.0},
 }
+AUGMENT_DOCS = {
+    "crop": "random crop with zero padding `pad` (default: 4 on 32x32, 1 on 8x8), torchvision's RandomCrop(padding)",
+    "flip": "horizontal flip with probability `p`",
+    "cutout": "a `size` x `size` square (default half the side), centred uniformly and clipped at the border, "
+    "filled with the dataset mean (`fill: mean`) or a uint8 value (DeVries & Taylor, arXiv:1708.04552)",
+    "autoaugment": "torchvision AutoAugment, `policy` cifar10 (the CIFAR policy), imagenet or svhn "
+    "(Cubuk et al., arXiv:1805.09501)",
+    "randaugment": "torchvision RandAugment, `num_ops` ops at `magnitude` (Cubuk et al., arXiv:1909.13719)",
+    "trivialaugment": "torchvision TrivialAugmentWide (Müller & Hutter, arXiv:2103.10146)",
+    "colorjitter": "torchvision ColorJitter(brightness, contrast, saturation, hue)",
+}
 RESERVED = ("image", "label", "index")  # the default ports: not view names
 POLICIES = ("cifar10", "imagenet", "svhn")
 
@@ -146,4 +157,26 @@ def node_views(nodes: dict[str, Any]) -> dict[str, list[str]]:
     for name, node in nodes.items():
         seen = [v for v in (view_of_port(p) for p in node.inputs) if v is not None]
         out[name] = list(dict.fromkeys(seen))
+    return out
+
+
+def reference_section() -> list[str]:
+    """The views section of docs/reference.md (kdgraph.docs appends it)."""
+    out = [
+        "## Views",
+        "",
+        "`data.views: {NAME: {augment: [STEP, ...]}}` declares named views of the same samples: in one batch every "
+        "view has the same samples (labels, indices), each with its own augmentation, and publishes the port "
+        "`data.NAME.image`; `data.image` stays the default view (crop and flip when `data.augment`). Any node's "
+        "`in:` may read any view. Random choices are drawn per sample and epoch from (seed, stage, epoch, view), "
+        "so runs are reproducible and resume bitwise; evaluation and export feed every view the plain image. "
+        "Tensor loaders only (`data.loader: host` or `device`; on `device` the steps run on the accelerator). "
+        "A step is a name or `{NAME: {parameter: value}}`, applied in order to uint8 images:",
+        "",
+        "| step | parameters (defaults) | what it does |",
+        "|---|---|---|",
+    ]
+    for name, params in AUGMENTS.items():
+        shown = ", ".join(f"`{k}: {'auto' if v is None else v}`" for k, v in params.items()) or "none"
+        out.append(f"| `{name}` | {shown} | {AUGMENT_DOCS[name]} |")
     return out
