@@ -113,6 +113,9 @@ def view_problems(data: dict[str, Any], problem: Callable[..., Problem]) -> list
     found: list[Problem] = []
     if not isinstance(views, dict):
         return [problem(("data", "views"), "views maps a view name to {augment: [...]}")]
+    if views and (data.get("loader") == "torchvision" or data.get("dataset") == "imagefolder"):
+        found.append(problem(("data", "views"), "views need the tensor loaders (imagefolder streams through "
+                             "torchvision)", "set data.loader: host or device, on an in-memory dataset"))
     for vname, view in views.items():
         path = ("data", "views", vname)
         if vname in RESERVED:
