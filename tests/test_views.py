@@ -119,6 +119,8 @@ def test_view_mistakes_are_one_clear_problem_each(tmp_path: Path) -> None:
         load_spec(WEAK_STRONG, ["+data.views.image={augment: [flip]}"])
     with pytest.raises(SpecError, match="augmentation 'cutout' has no parameter 'side'"):
         load_spec(WEAK_STRONG, ["data.views.weak.augment=[{cutout: {side: 3}}]"])
+    with pytest.raises(SpecError, match="views need the tensor loaders"):
+        load_spec(WEAK_STRONG, ["+data.loader=torchvision"])
 
 
 def test_evaluation_and_outputs_feed_every_view_the_plain_image() -> None:
