@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from kdgraph.catalog import load_builtins
 from kdgraph.losses.mlkd import batch_gram_loss, class_gram_loss, mlkd_batch, mlkd_class, mlkd_instance
 from kdgraph.ops.mlkd import ConfidenceMask
-from kdgraph.registry import LOSSES, OPS, load_builtins
+from kdgraph.registry import LOSSES, OPS
 from kdgraph.spec import load_spec
 
 from .conftest import GRAPHS

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from kdgraph.augment import ViewPipeline, make_views
+from kdgraph.check import check_graph
 from kdgraph.cli import main
 from kdgraph.data import load_dataset, make_loaders
 from kdgraph.errors import SpecError
-from kdgraph.graph import check_graph
 from kdgraph.spec import load_spec
 from kdgraph.train import Interrupted, Trainer
 
