@@ -260,13 +260,12 @@ def loss_label(edge, value: float | None = None) -> str:
     from .spec import default_edge_name
 
     params = " ".join(f"{k}={fmt_schedule(v)}" for k, v in edge.params.items())
-    text = " ".join(t for t in (edge.loss, params, f"×{fmt_schedule(edge.weight)}") if t)
+    text = " ".join(t for t in (edge.loss, params) if t)
     default = default_edge_name(edge.loss, edge.src, edge.dst)
     if edge.name not in (default, f"{default}#{edge.index}"):
         text = f"{edge.name}: {text}"
-    if not edge.detach:
-        text += " (no detach)"
-    text = _short(text, 60)
+    tail = f" ×{fmt_schedule(edge.weight)}" + ("" if edge.detach else " (no detach)")
+    text = _short(text, 60 - len(tail)) + tail  # a long parameter list is cut, never the weight
     if value is not None:
         text += f"\nfinal {value:.4g}"
     return text
