@@ -145,3 +145,12 @@ def test_weak_strong_graph_trains_and_resumes_bitwise(dataset: str, tmp_path: Pa
         Trainer(spec, tmp_path / "resumed", log=lambda *_: None, stop_after=5).run()
     Trainer(spec, tmp_path / "resumed", log=lambda *_: None, resume=True).run()
     assert same(load(tmp_path / "straight" / "final.pt"), load(tmp_path / "resumed" / "final.pt"))
+
+
+def test_mlkd_plan_names_the_view_of_each_network_and_call(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(REPO / "graphs" / "mlkd.yaml")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line.split()[-1] for line in out.splitlines() if line.strip()[:1].isdigit()}
+    assert rows["teacher"] == rows["student"] == "weak"
+    assert rows["teacher_strong"] == rows["student_strong"] == "strong"  # the same weights on the other view
+    assert "view strong: crop, flip, randaugment(num_ops=2, magnitude=10), cutout(size=8)" in out
