@@ -21,7 +21,7 @@ from .registry import LOSSES, NETS, OPS, Entry, PortInfo, Registry
 from .views import reference_section as views_reference
 
 REGENERATE = "kdgraph list --markdown -o docs/reference.md"
-FROM_DATA = ("num_classes", "in_channels", "image_size")  # the engine fills these from the dataset
+FROM_DATA = ("num_classes", "in_channels", "image_size", "num_train")  # the engine fills these from the dataset
 PLUMBING = ("in_info", "nodes")  # the engine passes these to ops; never written in a graph file
 LOSS_INPUTS = ("labels", "sample_weight")  # data.label, and the edge's `sample_weight:` port
 

@@ -87,7 +87,7 @@ def graph_total(name: str) -> float:
     total = 0.0
     for e in spec.edges:
         params = {k: values[v] if k in e.port_params else v for k, v in e.params.items()}
-        total += float(e.weight) * float(LOSSES.get(e.loss).obj(values[e.dst], values[e.src], **params))
+        total += float(e.weight) * float(LOSSES.get(e.loss).obj(values[e.pred], values[e.target], **params))
     return total
 
 
