@@ -56,6 +56,18 @@ def _count(n: int) -> str:
     return f"{n:,}" if n else "-"
 
 
+def _views_column(spec: Any) -> dict[str, str]:
+    """Per node, the data views it reads ('weak', 'image' for the default view, '-'), when the file declares views."""
+    from .views import describe, node_views, view_names
+
+    if not view_names(spec.data):
+        return {}
+    views = spec.data["views"]
+    for name in view_names(spec.data):
+        print(f"view {name}: {describe(views[name])}  (port data.{name}.image)")
+    return {n: ", ".join(v) or "-" for n, v in node_views(spec.nodes).items()}
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from .check import check_graph
     from .export import deployed_parameter_count, deployed_parts
@@ -73,10 +85,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from .pairs import describe_pair
 
         print(describe_pair(spec, args.pair))
+    seen = _views_column(spec)  # a `view` column when data.views declares views
     for stage in plan.stages:
         stage_spec = spec.stages[stage.index]
         print(f"\nstage {stage.name} ({stage_spec.epochs} epochs; losses: {', '.join(stage.edges) or 'none'})")
         rows = [("order", "node", "kind", "trainable", "no_grad", "parameters", "freed after")]
+        if seen:
+            rows[0] += ("view",)
         node_steps = [s for s in stage.program if s.kind == "node"]
         for i, step in enumerate(node_steps, 1):
             node = spec.nodes[step.name]
@@ -91,6 +106,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     _count(plan.params[step.name]),
                     freed[-1] if freed else "-",
                 )
+                + ((seen[step.name],) if seen else ())
             )
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         for r in rows:

@@ -378,8 +378,11 @@ def _add_stage(
     def nid(name: str) -> str:
         return prefix + name
 
+    from .views import describe, view_names
+
+    views = [f"{v}: {describe(spec.data['views'][v])}" for v in view_names(spec.data)]  # arrows name the view
     d.nodes.append(
-        DNode(nid(DATA), "data", ["data", str(spec.data.get("dataset", ""))], "data", group=group, name=DATA)
+        DNode(nid(DATA), "data", ["data", str(spec.data.get("dataset", "")), *views], "data", group=group, name=DATA)
     )
     for name in names:
         node = spec.nodes[name]

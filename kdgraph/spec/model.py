@@ -13,7 +13,8 @@ from ..errors import Problem, did_you_mean
 from .defaults import DATA_DEFAULTS, TRAIN_DEFAULTS
 from .document import Locator, Path_, merge
 
-PORT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_/]*)$")
+# node.port; data's named views add one level: data.<view>.image
+PORT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_/]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)$")
 DATA_PORTS = ("image", "label", "index")
 NODE_KEYS = ("net", "op", "in", "frozen", "init", "optim", "taps", "label")
 EDGE_KEYS = ("loss", "from", "to", "weight", "detach", "name", "sample_weight", "optim")

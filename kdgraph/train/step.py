@@ -44,13 +44,19 @@ class TrainStep:
         self.params = [p for group in self.inner.param_groups for p in group["params"]]
 
     def forward(
-        self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None, variant: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        index: torch.Tensor | None,
+        variant: torch.Tensor | None = None,
+        views: dict[str, torch.Tensor] | None = None,
     ):
-        """(weighted total loss, stacked detached edge losses) of one batch."""
+        """(weighted total loss, stacked detached edge losses) of one batch (`views`: its named views)."""
+        kwargs = {"views": views} if views else {}
         if self.autocast:
             with self.accelerator.autocast():
-                return self.model(image, label, index, variant)
-        return self.model(image, label, index, variant)
+                return self.model(image, label, index, variant, **kwargs)
+        return self.model(image, label, index, variant, **kwargs)
 
     def update(self, total: torch.Tensor) -> None:
         """Backward the total loss, clip, step the optimizer and drop the gradients."""
