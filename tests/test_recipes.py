@@ -1,0 +1,52 @@
+"""Recipes against the reference code: facts of RepDistiller / mdistiller / ATS-LargeKD / CTKD written as numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdgraph.ops.adapters import Connector
+from kdgraph.registry import PortInfo
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# ConvReg(s_shape, t_shape) of RepDistiller models/util.py and mdistiller distillers/_common.py, counted by
+# hand: conv weights + conv bias + BN (weight, bias). (student side, teacher side, conv kind, kernel, params)
+CONVREG = [
+    (8, 8, nn.Conv2d, 1, 128 * 128 + 128 + 2 * 128),          # equal: 16,768 (resnet8x4 -> resnet32x4 feat2)
+    (16, 8, nn.Conv2d, 3, 128 * 128 * 9 + 128 + 2 * 128),     # halve: 3x3 stride 2
+    (4, 8, nn.ConvTranspose2d, 4, 128 * 128 * 16 + 128 + 2 * 128),  # double: transposed 4x4 stride 2
+    (12, 8, nn.Conv2d, 5, 128 * 128 * 25 + 128 + 2 * 128),    # larger by 4: kernel 1 + 12 - 8
+]
+
+
+@pytest.mark.parametrize("s_side, t_side, kind, k, params", CONVREG)
+def test_connector_is_convreg(s_side: int, t_side: int, kind: type, k: int, params: int) -> None:
+    info = [PortInfo("map", 128, 48 // s_side), PortInfo("map", 128, 48 // t_side)]  # strides on 48 px
+    con = Connector(relu=True, in_info=info, image_size=48)
+    conv = con.body[0]
+    assert type(conv) is kind and conv.kernel_size == (k, k) and conv.bias is not None
+    assert n_params(con) == params
+    x, ref = torch.randn(2, 128, s_side, s_side), torch.randn(2, 128, t_side, t_side)
+    assert con(x, ref).shape == ref.shape
+    assert (con(x, ref) >= 0).all()  # the ReLU
+
+
+def test_connector_rejects_what_convreg_rejects() -> None:
+    info = [PortInfo("map", 16, 8), PortInfo("map", 16, 1)]  # 4x4 student, 32x32 teacher: x8, not x2
+    with pytest.raises(ValueError, match="factor other than 2"):
+        Connector(in_info=info, image_size=32)
+
+
+def test_fitnet_plan_shows_16768(capsys: pytest.CaptureFixture[str]) -> None:
+    from kdgraph.cli import main
+
+    from .conftest import GRAPHS
+
+    assert main(["plan", str(GRAPHS / "fitnet.yaml")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "op connector" in line)
+    assert "16,768" in row
