@@ -281,8 +281,16 @@ def _epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stage * 10_007 + epoch)
 
 
-def _batch_count(n: int, batch_size: int, drop_last: bool, limit: int | None) -> int:
-    full = n // batch_size if drop_last else -(-n // batch_size)
+def _batch_count(n: int, batch_size: int, drop_last: bool, limit: int | None, world: int = 0) -> int:
+    """Batches per epoch: ceil(n / batch) keeping the last partial batch (the reference), floor when dropping.
+
+    world > 0 (training): a partial batch that would give one of `world` processes fewer than 2 samples
+    is dropped anyway, since BatchNorm cannot train on one sample (the reference would stop there).
+    """
+    full, rest = divmod(n, batch_size)
+    if rest and not drop_last:
+        per = -(-rest // world) if world else 0
+        full += 1 if not world or rest - (world - 1) * per >= 2 else 0
     return min(full, limit) if limit else full
 
 
@@ -324,14 +332,14 @@ class TensorLoader:
         rank: int = 0,
         world: int = 1,
         limit_batches: int | None = None,
-        drop_last: bool | None = None,
+        drop_last: bool = False,
     ):
         self.split = split
         self.batch_size, self.normalizer, self.device = batch_size, normalizer, device
         self.train, self.augment, self.seed, self.rank, self.world = train, augment, seed, rank, world
         self.pad = pad_of(split.images.shape[-1])
-        self.drop_last = train if drop_last is None else drop_last
-        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches)
+        self.drop_last = bool(drop_last)
+        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches, world if train else 0)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -437,7 +445,7 @@ class TorchvisionLoader:
         rank: int = 0,
         world: int = 1,
         limit_batches: int | None = None,
-        drop_last: bool | None = None,
+        drop_last: bool = False,
         workers: int = 0,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
@@ -454,8 +462,8 @@ class TorchvisionLoader:
         self.split, self.batch_size, self.device = split, batch_size, device
         self.train, self.seed, self.rank, self.world = train, seed, rank, world
         self.dtype, self.channels_last = dtype, channels_last
-        self.drop_last = train if drop_last is None else drop_last
-        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches)
+        self.drop_last = bool(drop_last)
+        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches, world if train else 0)
         self.sampler = _GlobalBatches(self)
         self.data = torch.utils.data.DataLoader(
             _TransformedImages(split, self.transform),
@@ -520,6 +528,7 @@ def make_loaders(
     common = dict(rank=rank, world=world, seed=int(train_cfg.get("seed", 0)))
     limit, limit_eval = train_cfg.get("limit_batches"), train_cfg.get("limit_eval_batches")
     augment = bool(data_cfg.get("augment", True))
+    drop_last = bool(data_cfg.get("drop_last", False))  # training only; evaluation sees every sample
     if kind == "torchvision":
         tv = dict(workers=int(data_cfg.get("workers", 0) or 0), channels_last=channels_last, **common)
         mean, std = dataset.mean, dataset.std
@@ -533,6 +542,7 @@ def make_loaders(
                 train=True,
                 augment=augment,
                 limit_batches=limit,
+                drop_last=drop_last,
                 dtype=train_dtype,
                 **tv,
             ),
@@ -548,7 +558,10 @@ def make_loaders(
     norm = Normalizer(dataset.mean, dataset.std, device, train_dtype, channels_last)
     norm32 = Normalizer(dataset.mean, dataset.std, device, torch.float32, channels_last)
     return (
-        TensorLoader(train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, **common),
+        TensorLoader(
+            train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, drop_last=drop_last,
+            **common,
+        ),
         TensorLoader(
             train_split, eval_batch, norm32, device, train=False, augment=False, limit_batches=limit, **common
         ),

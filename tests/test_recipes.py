@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from kdgraph.data import Dataset, Split
 from kdgraph.ops.adapters import Connector
 from kdgraph.registry import PortInfo
 
@@ -50,3 +51,43 @@ def test_fitnet_plan_shows_16768(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", str(GRAPHS / "fitnet.yaml")]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "op connector" in line)
     assert "16,768" in row
+
+
+# --- drop_last ------------------------------------------------------------------------------------
+
+
+def cifar_sized(n: int) -> Dataset:
+    """A 50,000-image training split as a broadcast view: its length is real, its memory one image."""
+    images = torch.zeros(1, 3, 32, 32, dtype=torch.uint8).expand(n, -1, -1, -1)
+    split = Split(images, torch.zeros(n, dtype=torch.int64))
+    return Dataset("cifar100", split, Split(images[:10], split.labels[:10]), 100, (0.5,) * 3, (0.25,) * 3)
+
+
+@pytest.mark.parametrize("kind", ["host", "device", "torchvision"])
+@pytest.mark.parametrize("drop_last, steps", [(False, 782), (True, 781)])
+def test_steps_per_epoch(kind: str, drop_last: bool, steps: int) -> None:
+    from kdgraph.data import make_loaders
+
+    cfg = {"batch_size": 64, "eval_batch_size": 64, "loader": kind, "workers": 0, "drop_last": drop_last}
+    train, fit, test = make_loaders(cifar_sized(50_000), cfg, {}, torch.device("cpu"))
+    assert len(train) == steps  # ceil(50000 / 64) = 782 as RepDistiller / mdistiller; DIST's 781
+    assert len(fit) == 782  # evaluation-mode passes keep every sample
+
+
+def test_drop_last_default_is_the_reference(capsys: pytest.CaptureFixture[str]) -> None:
+    from kdgraph.cli import main
+
+    from .conftest import GRAPHS
+
+    assert main(["validate", "--resolved", str(GRAPHS / "kd.yaml")]) == 0
+    assert "drop_last: false" in capsys.readouterr().out
+
+
+def test_a_partial_batch_too_small_for_batchnorm_is_dropped() -> None:
+    from kdgraph.data import _batch_count
+
+    assert _batch_count(65, 64, False, None) == 2  # evaluation: every sample
+    assert _batch_count(65, 64, False, None, world=1) == 1  # one sample cannot train BatchNorm
+    assert _batch_count(66, 64, False, None, world=1) == 2
+    assert _batch_count(67, 64, False, None, world=2) == 1  # shards of 2 and 1
+    assert _batch_count(68, 64, False, None, world=2) == 2
