@@ -505,6 +505,12 @@ class TorchvisionLoader:
 Loader = TensorLoader | TorchvisionLoader
 
 
+def normalization_of(dataset: Dataset, data_cfg: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the normalisation: `data.mean` / `data.std` (a recipe's own, e.g. TESKD's CIFAR-10
+    statistics on CIFAR-100, ATS-LargeKD's ImageNet ones), else the dataset's."""
+    return tuple(data_cfg.get("mean") or dataset.mean), tuple(data_cfg.get("std") or dataset.std)
+
+
 def make_loaders(
     dataset: Dataset,
     data_cfg: dict[str, Any],
@@ -529,9 +535,9 @@ def make_loaders(
     limit, limit_eval = train_cfg.get("limit_batches"), train_cfg.get("limit_eval_batches")
     augment = bool(data_cfg.get("augment", True))
     drop_last = bool(data_cfg.get("drop_last", False))  # training only; evaluation sees every sample
+    mean, std = normalization_of(dataset, data_cfg)
     if kind == "torchvision":
         tv = dict(workers=int(data_cfg.get("workers", 0) or 0), channels_last=channels_last, **common)
-        mean, std = dataset.mean, dataset.std
         return (
             TorchvisionLoader(
                 dataset.train,
@@ -555,8 +561,8 @@ def make_loaders(
         )
     store = device if kind == "device" else torch.device("cpu")
     train_split, test_split = dataset.train.to(store), dataset.test.to(store)
-    norm = Normalizer(dataset.mean, dataset.std, device, train_dtype, channels_last)
-    norm32 = Normalizer(dataset.mean, dataset.std, device, torch.float32, channels_last)
+    norm = Normalizer(mean, std, device, train_dtype, channels_last)
+    norm32 = Normalizer(mean, std, device, torch.float32, channels_last)
     return (
         TensorLoader(
             train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, drop_last=drop_last,

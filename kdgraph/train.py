@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .data import Dataset, Loader, load_dataset, make_loaders
+from .data import Dataset, Loader, load_dataset, make_loaders, normalization_of
 from .errors import CheckpointError, DataError, RunError, SpecError
 from .graph import DataInfo, DistillGraph, dry_run
 from .plan import StagePlan
@@ -59,7 +59,11 @@ def group_lr(base: float, cfg: dict[str, Any], epoch: int, epochs: int) -> float
     else:
         lr = base
     warmup = int(cfg.get("warmup", 0) or 0)
-    return lr * min(1.0, epoch / warmup) if warmup else lr
+    if not warmup:
+        return lr
+    if int(cfg.get("warmup_origin", 1)) == 0:  # a LambdaLR counting epochs from 0 (ATS-LargeKD's WSKDLR)
+        return lr * (epoch - 1 + 1e-6) / warmup if epoch - 1 <= warmup else lr
+    return lr * min(1.0, epoch / warmup)
 
 
 def build_optimizer(graph: DistillGraph, stage: StagePlan, train_cfg: dict[str, Any], device: torch.device):
@@ -711,7 +715,7 @@ class Trainer:
                     "source": str(self.spec.source) if self.spec.source else None,
                     "deploy": self.spec.deploy,
                     "data_info": self.info.__dict__.copy(),
-                    "normalize": {"mean": list(self.dataset.mean), "std": list(self.dataset.std)},
+                    "normalize": dict(zip(("mean", "std"), map(list, normalization_of(self.dataset, self.spec.data)))),
                     "epoch": max(1, self.spec.stages[-1].epochs),  # scheduled op parameters end at it
                     "summary": summary,
                 },

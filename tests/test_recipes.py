@@ -91,3 +91,41 @@ def test_a_partial_batch_too_small_for_batchnorm_is_dropped() -> None:
     assert _batch_count(66, 64, False, None, world=1) == 2
     assert _batch_count(67, 64, False, None, world=2) == 1  # shards of 2 and 1
     assert _batch_count(68, 64, False, None, world=2) == 2
+
+
+# --- ATS (lxcnju/ATS-LargeKD) -----------------------------------------------------------------------
+
+# WSKDLR (tools.py) with ws_step 5, Tm 120, step 30, stepped after each epoch, so epoch e sees t = e - 1:
+# (t + 1e-6) / 5 for t <= 5, 1 for t <= 120, 0.1 ** int((t - 120) / 30) after; written out per epoch
+ATS_LR_FACTOR = {1: 2e-7, 2: 0.2000002, 6: 1.0000002, 7: 1.0, 121: 1.0, 150: 1.0, 151: 0.1, 180: 0.1,
+                 181: 0.01, 211: 0.001, 240: 0.001}
+
+
+def test_ats_lr_schedule_is_wskdlr() -> None:
+    from kdgraph.spec import load_spec
+    from kdgraph.train import group_lr
+
+    from .conftest import GRAPHS
+
+    spec = load_spec(GRAPHS / "ats.yaml")
+    cfg = spec.stages[0].train
+    assert (spec.data["batch_size"], cfg["epochs"], cfg["optimizer"]["lr"]) == (128, 240, 0.05)
+    for epoch, factor in ATS_LR_FACTOR.items():
+        assert group_lr(0.05, cfg["lr_schedule"], epoch, 240) == pytest.approx(0.05 * factor, rel=1e-12), epoch
+
+
+def test_ats_loss_is_the_reference_formula() -> None:
+    """0.5 CE + 0.5 KL(q_t || softmax(z_s)); the code's soft cross-entropy minus the teacher's entropy."""
+    from kdgraph.losses.basic import kd
+    from kdgraph.ops.logits import ClassTemperature
+
+    zs = 3 * torch.sin(torch.arange(40.0, dtype=torch.float64)).reshape(4, 10)
+    zt = 5 * torch.cos(0.7 * torch.arange(40.0, dtype=torch.float64) + 0.3).reshape(4, 10)
+    y = torch.tensor([1, 3, 5, 7])
+    taus = torch.full_like(zt, 2.0)
+    taus[torch.arange(4), y] = 4.0  # tau1 on the target, tau2 elsewhere (distill.py)
+    q = (zt / taus).softmax(1)
+    soft_ce = -(q * zs.log_softmax(1)).sum(1).mean()  # the code's KD term with s_tau = 1
+    entropy = -(q * q.log()).sum(1).mean()
+    T = ClassTemperature(T_target=4.0, T_other=2.0, num_classes=10)(y).to(torch.float64)
+    assert kd(zs, zt, T=T, T_student=1.0).item() == pytest.approx((soft_ce - entropy).item(), rel=1e-12)
