@@ -17,6 +17,7 @@ import networkx as nx
 import torch
 from torch import nn
 
+from .deps import dependency_problems
 from .errors import NodeError, PlanError, Problem, SpecError
 from .nets.base import PortNet
 from .plan import (
@@ -535,6 +536,9 @@ def check_graph(
             raise
         more = DistillGraph.problems_of(e.spec, data_info(e.spec), e.problems)
         raise type(e)(sort_problems(e.problems + more)) from None
+    deps = dependency_problems(spec)  # init.from overrides, invalid dependencies, cycles of graph files
+    if deps:
+        raise SpecError(deps)
     info = data_info(spec)
     return spec, (dry_run(spec, info) if dry else DistillGraph(spec, info))
 
