@@ -83,7 +83,8 @@ def test_not_forwarded_command_line_overrides_stay_with_the_parent(tmp_path: Pat
     Trainer(spec, tmp_path / "run", log=lambda *_: None).run()
     (teacher_run,) = cached_runs(tmp_path)
     assert json.loads((teacher_run / "run.json").read_text())["overrides"] == [
-        "train.epochs=3", "train.optimizer.lr=0.05"
+        "train.epochs=3",
+        "train.optimizer.lr=0.05",
     ]
     teacher = torch.load(teacher_run / "final.pt", weights_only=False)["graph"]
     final = torch.load(tmp_path / "run" / "final.pt", weights_only=False)["graph"]
@@ -106,9 +107,11 @@ def test_unknown_key_in_dependency_overrides_is_reported_at_its_line(
 
 
 def test_a_cycle_of_graph_files_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text(TEACHER.replace("{net: mlp, hidden: [16]}", "{net: mlp, hidden: [16], init: {from: b.yaml}}"))
-    (tmp_path / "b.yaml").write_text(
-        TEACHER.replace("name: dep_teacher", "name: b").replace("{net: mlp, hidden: [16]}", "{net: mlp, hidden: [16], init: {from: a.yaml}}")
-    )
+    def pointing_at(name: str, other: str) -> str:
+        net = "{net: mlp, hidden: [16]}"
+        return TEACHER.replace("dep_teacher", name).replace(net, net[:-1] + f", init: {{from: {other}}}}}")
+
+    (tmp_path / "a.yaml").write_text(pointing_at("a", "b.yaml"))
+    (tmp_path / "b.yaml").write_text(pointing_at("b", "a.yaml"))
     with pytest.raises(SpecError, match="graphs depend on each other: a.yaml -> b.yaml -> a.yaml"):
         check_graph(tmp_path / "a.yaml", dry=False)
