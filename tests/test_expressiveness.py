@@ -75,8 +75,14 @@ def conv_bn_params(c_in: int, c_out: int) -> int:
     "fusion, params",
     [
         # laterals (4, 6, 8 -> 8), ups (2 x 8 -> 8), fuses (2 x 16 -> 8)
-        ("mixed", conv_bn_params(4, 8) + conv_bn_params(6, 8) + conv_bn_params(8, 8) + 2 * conv_bn_params(8, 8)
-         + 2 * conv_bn_params(16, 8)),
+        (
+            "mixed",
+            conv_bn_params(4, 8)
+            + conv_bn_params(6, 8)
+            + conv_bn_params(8, 8)
+            + 2 * conv_bn_params(8, 8)
+            + 2 * conv_bn_params(16, 8),
+        ),
         ("add", conv_bn_params(4, 8) + conv_bn_params(6, 8) + conv_bn_params(8, 8) + 2 * conv_bn_params(8, 8)),
         # only the top lateral; fuses over the raw stage feature + C: (4 + 8) and (6 + 8) -> 8
         ("concat", conv_bn_params(8, 8) + 2 * conv_bn_params(8, 8) + conv_bn_params(12, 8) + conv_bn_params(14, 8)),
@@ -131,8 +137,10 @@ def test_instance_temperature_and_its_kd_loss_by_hand() -> None:
     assert ((T > 1) & (T < 21)).all()
     # kd with a per-sample temperature: mean_n T_n^2 KL(softmax(zt_n / T_n) || softmax(zs_n / T_n))
     per = [
-        T[n, 0] ** 2 * F.kl_div(F.log_softmax(zs[n] / T[n, 0], 0), F.log_softmax(zt[n] / T[n, 0], 0),
-                                reduction="sum", log_target=True)
+        T[n, 0] ** 2
+        * F.kl_div(
+            F.log_softmax(zs[n] / T[n, 0], 0), F.log_softmax(zt[n] / T[n, 0], 0), reduction="sum", log_target=True
+        )
         for n in range(4)
     ]
     loss = kd(zs, zt, T=T)
@@ -146,8 +154,10 @@ def test_instance_temperature_graph_validates(tmp_path: Path) -> None:
 
     from .conftest import GRAPHS
 
-    spec, _ = check_graph(GRAPHS / "ctkd.yaml", ["vars.temp_op=instance_temperature", "++data.dataset=synthetic",
-                                                 "++data.classes=10", "~nodes.teacher.init"])
+    spec, _ = check_graph(
+        GRAPHS / "ctkd.yaml",
+        ["vars.temp_op=instance_temperature", "++data.dataset=synthetic", "++data.classes=10", "~nodes.teacher.init"],
+    )
     assert spec.nodes["temp"].type == "instance_temperature"
 
 
@@ -181,5 +191,5 @@ def test_seed_init_gives_the_net_built_under_that_seed(tmp_path: Path) -> None:
     final = torch.load(tmp_path / "run" / "final.pt", weights_only=False)["graph"]
     torch.manual_seed(7)
     fresh = NETS.get("cnn").obj(width=4, num_classes=4, in_channels=3).state_dict()
-    got = {k[len("nodes.student."):]: v for k, v in final.items() if k.startswith("nodes.student.")}
+    got = {k[len("nodes.student.") :]: v for k, v in final.items() if k.startswith("nodes.student.")}
     assert got.keys() == fresh.keys() and all(torch.equal(got[k], fresh[k]) for k in got)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from kdgraph.data import Dataset, Split
 from kdgraph.ops.adapters import Connector
 from kdgraph.registry import PortInfo
+
+from .conftest import GRAPHS
 
 
 def n_params(m: nn.Module) -> int:
@@ -18,10 +24,10 @@ def n_params(m: nn.Module) -> int:
 # ConvReg(s_shape, t_shape) of RepDistiller models/util.py and mdistiller distillers/_common.py, counted by
 # hand: conv weights + conv bias + BN (weight, bias). (student side, teacher side, conv kind, kernel, params)
 CONVREG = [
-    (8, 8, nn.Conv2d, 1, 128 * 128 + 128 + 2 * 128),          # equal: 16,768 (resnet8x4 -> resnet32x4 feat2)
-    (16, 8, nn.Conv2d, 3, 128 * 128 * 9 + 128 + 2 * 128),     # halve: 3x3 stride 2
+    (8, 8, nn.Conv2d, 1, 128 * 128 + 128 + 2 * 128),  # equal: 16,768 (resnet8x4 -> resnet32x4 feat2)
+    (16, 8, nn.Conv2d, 3, 128 * 128 * 9 + 128 + 2 * 128),  # halve: 3x3 stride 2
     (4, 8, nn.ConvTranspose2d, 4, 128 * 128 * 16 + 128 + 2 * 128),  # double: transposed 4x4 stride 2
-    (12, 8, nn.Conv2d, 5, 128 * 128 * 25 + 128 + 2 * 128),    # larger by 4: kernel 1 + 12 - 8
+    (12, 8, nn.Conv2d, 5, 128 * 128 * 25 + 128 + 2 * 128),  # larger by 4: kernel 1 + 12 - 8
 ]
 
 
@@ -45,8 +51,6 @@ def test_connector_rejects_what_convreg_rejects() -> None:
 
 def test_fitnet_plan_shows_16768(capsys: pytest.CaptureFixture[str]) -> None:
     from kdgraph.cli import main
-
-    from .conftest import GRAPHS
 
     assert main(["plan", str(GRAPHS / "fitnet.yaml")]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "op connector" in line)
@@ -77,8 +81,6 @@ def test_steps_per_epoch(kind: str, drop_last: bool, steps: int) -> None:
 def test_drop_last_default_is_the_reference(capsys: pytest.CaptureFixture[str]) -> None:
     from kdgraph.cli import main
 
-    from .conftest import GRAPHS
-
     assert main(["validate", "--resolved", str(GRAPHS / "kd.yaml")]) == 0
     assert "drop_last: false" in capsys.readouterr().out
 
@@ -97,15 +99,24 @@ def test_a_partial_batch_too_small_for_batchnorm_is_dropped() -> None:
 
 # WSKDLR (tools.py) with ws_step 5, Tm 120, step 30, stepped after each epoch, so epoch e sees t = e - 1:
 # (t + 1e-6) / 5 for t <= 5, 1 for t <= 120, 0.1 ** int((t - 120) / 30) after; written out per epoch
-ATS_LR_FACTOR = {1: 2e-7, 2: 0.2000002, 6: 1.0000002, 7: 1.0, 121: 1.0, 150: 1.0, 151: 0.1, 180: 0.1,
-                 181: 0.01, 211: 0.001, 240: 0.001}
+ATS_LR_FACTOR = {
+    1: 2e-7,
+    2: 0.2000002,
+    6: 1.0000002,
+    7: 1.0,
+    121: 1.0,
+    150: 1.0,
+    151: 0.1,
+    180: 0.1,
+    181: 0.01,
+    211: 0.001,
+    240: 0.001,
+}
 
 
 def test_ats_lr_schedule_is_wskdlr() -> None:
     from kdgraph.spec import load_spec
     from kdgraph.train import group_lr
-
-    from .conftest import GRAPHS
 
     spec = load_spec(GRAPHS / "ats.yaml")
     cfg = spec.stages[0].train
@@ -129,3 +140,52 @@ def test_ats_loss_is_the_reference_formula() -> None:
     entropy = -(q * q.log()).sum(1).mean()
     T = ClassTemperature(T_target=4.0, T_other=2.0, num_classes=10)(y).to(torch.float64)
     assert kd(zs, zt, T=T, T_student=1.0).item() == pytest.approx((soft_ce - entropy).item(), rel=1e-12)
+
+
+# --- provenance --------------------------------------------------------------------------------------
+
+GRAPH_FILES = sorted(p for p in GRAPHS.rglob("*.yaml") if "presets" not in p.relative_to(GRAPHS).parts)
+
+
+@pytest.mark.parametrize("path", GRAPH_FILES, ids=lambda p: p.relative_to(GRAPHS).as_posix())
+def test_every_graph_has_published_provenance_and_a_digits_line(path: Path) -> None:
+    from kdgraph.spec import load_spec
+
+    doc = yaml.safe_load(path.read_text())
+    assert doc.get("published"), f"{path.name}: no published: section"
+    entries = doc["published"] if isinstance(doc["published"], list) else [doc["published"]]
+    assert all(e.get("source") and "top1" in e for e in entries)
+    load_spec(path)  # the schema checks the section's form
+    rel = path.relative_to(GRAPHS).as_posix()
+    assert f"# On the embedded digits data: kdgraph run graphs/{rel} --preset digits\n" in path.read_text()
+
+
+def test_graphs_readme_is_generated_from_the_graphs() -> None:
+    from kdgraph.graphs_index import REGENERATE, graphs_readme
+
+    assert (GRAPHS / "README.md").read_text() == graphs_readme(), f"graphs/README.md is stale: run {REGENERATE}"
+    assert "docs/diagrams/" not in graphs_readme()  # no links to diagrams that do not exist
+
+
+MACHINE_PATH = re.compile(r"(?<![\w.])/(work|root|home|Users)/|shared/papers|[A-Za-z]:\\\\Users")
+
+
+def test_no_file_names_a_path_of_the_machine_it_was_written_on() -> None:
+    files = [
+        GRAPHS.parent / "README.md",
+        *sorted((GRAPHS.parent / "docs").rglob("*.md")),
+        *sorted(GRAPHS.rglob("*.yaml")),
+        GRAPHS / "README.md",
+    ]
+    found = [
+        f"{f.relative_to(GRAPHS.parent)}:{n}: {line.strip()}"
+        for f in files
+        for n, line in enumerate(f.read_text().splitlines(), 1)
+        if MACHINE_PATH.search(line)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_machine_path_pattern_catches_what_it_should() -> None:
+    assert MACHINE_PATH.search("see /work/shared/papers/001.txt") and MACHINE_PATH.search("/home/me/ckpt.pth")
+    assert not MACHINE_PATH.search("--out runs/smoke and /path/ckpt_epoch_240.pth")
