@@ -189,3 +189,41 @@ def test_no_file_names_a_path_of_the_machine_it_was_written_on() -> None:
 def test_machine_path_pattern_catches_what_it_should() -> None:
     assert MACHINE_PATH.search("see /work/shared/papers/001.txt") and MACHINE_PATH.search("/home/me/ckpt.pth")
     assert not MACHINE_PATH.search("--out runs/smoke and /path/ckpt_epoch_240.pth")
+
+
+# --- the smaller recipe facts -----------------------------------------------------------------------
+
+
+def test_eskd_default_teacher_is_early_stopped_on_its_own_schedule() -> None:
+    from kdgraph.spec import load_spec
+
+    eskd = load_spec(GRAPHS / "eskd.yaml")
+    assert eskd.nodes["teacher"].init["from"] == "teachers/resnet32x4_es.yaml"
+    teacher = load_spec(GRAPHS / "teachers" / "resnet32x4_es.yaml")
+    cfg = teacher.stages[0].train
+    assert cfg["epochs"] == 50 and cfg["lr_schedule"]["milestones"] == [15, 30, 45]  # 15/50 (the survey)
+    assert cfg["optimizer"]["lr"] == 0.05 and teacher.nodes["teacher"].type == "resnet32x4"
+
+
+def test_teskd_as_its_code() -> None:
+    from kdgraph.spec import load_spec
+
+    spec = load_spec(GRAPHS / "teskd.yaml")
+    assert spec.doc["vars"]["T"] == 4  # main.py: --temperature default 4
+    assert spec.data["mean"] == [0.4914, 0.4822, 0.4465] and spec.data["std"] == [0.2023, 0.1994, 0.2010]
+    assert spec.nodes["mfm"].params["fusion"] == "mixed"
+
+
+def test_ipwd_ctkd_kcd_recipes() -> None:
+    from kdgraph.data import _batch_count
+    from kdgraph.spec import load_spec
+
+    ipwd = load_spec(GRAPHS / "ipwd.yaml")
+    assert ipwd.nodes["ipw"].inputs[0] == "student.logits"  # the KD-trained student's classifier
+    ctkd = load_spec(GRAPHS / "ctkd.yaml")
+    assert (ctkd.nodes["teacher"].type, ctkd.nodes["student"].type) == ("resnet56", "resnet20")
+    assert ctkd.doc["published"][0]["top1"] == 71.19
+    kcd = load_spec(GRAPHS / "kcd.yaml")
+    assert kcd.data["drop_last"] and _batch_count(50_000, kcd.data["batch_size"], True, None, 1) == 390
+    teachers = load_spec(GRAPHS / "teachers" / "resnet56.yaml").doc["published"]
+    assert [t["top1"] for t in teachers] == [72.34, 71.21]
