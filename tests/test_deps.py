@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdgraph.check import check_graph
 from kdgraph.cli import main
 from kdgraph.errors import SpecError
-from kdgraph.graph import check_graph
 from kdgraph.train import Trainer
 
 from .conftest import records

@@ -150,7 +150,7 @@ def test_instance_temperature_and_its_kd_loss_by_hand() -> None:
 
 
 def test_instance_temperature_graph_validates(tmp_path: Path) -> None:
-    from kdgraph.graph import check_graph
+    from kdgraph.check import check_graph
 
     from .conftest import GRAPHS
 
@@ -181,7 +181,7 @@ deploy: student.logits
 
 @pytest.mark.slow
 def test_seed_init_gives_the_net_built_under_that_seed(tmp_path: Path) -> None:
-    from kdgraph.graph import check_graph
+    from kdgraph.check import check_graph
     from kdgraph.registry import NETS
     from kdgraph.train import Trainer
 
