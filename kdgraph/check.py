@@ -16,6 +16,7 @@ import torch
 
 from .data import data_info
 from .datasets.base import DataInfo
+from .deps import dependency_problems
 from .errors import NodeError, PlanError, SpecError, error_of, first_line, sort_problems
 from .graph import DistillGraph
 from .registry import DATASETS
@@ -60,6 +61,9 @@ def check_graph(path: str | Path, overrides: list[str] | None = None, *, dry: bo
             raise
         more = DistillGraph.problems_of(e.spec, _guessed_data_info(e.spec), e.problems)
         raise error_of(sort_problems(e.problems + more)) from None
+    deps = dependency_problems(spec)  # init.from overrides, invalid dependencies, cycles of graph files
+    if deps:
+        raise SpecError(deps)
     return check_spec(spec, dry=dry)
 
 

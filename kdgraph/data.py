@@ -111,8 +111,16 @@ def _epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stage * 10_007 + epoch)
 
 
-def _batch_count(n: int, batch_size: int, drop_last: bool, limit: int | None) -> int:
-    full = n // batch_size if drop_last else -(-n // batch_size)
+def _batch_count(n: int, batch_size: int, drop_last: bool, limit: int | None, world: int = 0) -> int:
+    """Batches per epoch: ceil(n / batch) keeping the last partial batch (the reference), floor when dropping.
+
+    world > 0 (training): a partial batch that would give one of `world` processes fewer than 2 samples
+    is dropped anyway, since BatchNorm cannot train on one sample (the reference would stop there).
+    """
+    full, rest = divmod(n, batch_size)
+    if rest and not drop_last:
+        per = -(-rest // world) if world else 0
+        full += 1 if not world or rest - (world - 1) * per >= 2 else 0
     return min(full, limit) if limit else full
 
 
@@ -154,7 +162,7 @@ class TensorLoader:
         rank: int = 0,
         world: int = 1,
         limit_batches: int | None = None,
-        drop_last: bool | None = None,
+        drop_last: bool = False,
         views: dict[str, Any] | None = None,
     ):
         self.split = split
@@ -162,8 +170,8 @@ class TensorLoader:
         self.batch_size, self.normalizer, self.device = batch_size, normalizer, device
         self.train, self.augment, self.seed, self.rank, self.world = train, augment, seed, rank, world
         self.pad = pad_of(split.images.shape[-1])
-        self.drop_last = train if drop_last is None else drop_last
-        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches)
+        self.drop_last = bool(drop_last)
+        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches, world if train else 0)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -278,7 +286,7 @@ class TorchvisionLoader:
         rank: int = 0,
         world: int = 1,
         limit_batches: int | None = None,
-        drop_last: bool | None = None,
+        drop_last: bool = False,
         workers: int = 0,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
@@ -295,8 +303,8 @@ class TorchvisionLoader:
         self.split, self.batch_size, self.device = split, batch_size, device
         self.train, self.seed, self.rank, self.world = train, seed, rank, world
         self.dtype, self.channels_last = dtype, channels_last
-        self.drop_last = train if drop_last is None else drop_last
-        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches)
+        self.drop_last = bool(drop_last)
+        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches, world if train else 0)
         self.sampler = _GlobalBatches(self)
         self.data = torch.utils.data.DataLoader(
             _TransformedImages(split, self.transform),
@@ -338,6 +346,12 @@ class TorchvisionLoader:
 Loader = TensorLoader | TorchvisionLoader
 
 
+def normalization_of(dataset: Dataset, data_cfg: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the normalisation: `data.mean` / `data.std` (a recipe's own, e.g. TESKD's CIFAR-10
+    statistics on CIFAR-100, ATS-LargeKD's ImageNet ones), else the dataset's."""
+    return tuple(data_cfg.get("mean") or dataset.mean), tuple(data_cfg.get("std") or dataset.std)
+
+
 def make_loaders(
     dataset: Dataset,
     data_cfg: dict[str, Any],
@@ -366,9 +380,10 @@ def make_loaders(
     augment = bool(data_cfg.get("augment", True))
     if kind == "torchvision" and views:
         raise DataError("data.views need the tensor loaders: set data.loader: host or device")
+    drop_last = bool(data_cfg.get("drop_last", False))  # training only; evaluation sees every sample
+    mean, std = normalization_of(dataset, data_cfg)
     if kind == "torchvision":
         tv = dict(workers=int(data_cfg.get("workers", 0) or 0), channels_last=channels_last, **common)
-        mean, std = dataset.mean, dataset.std
         return (
             TorchvisionLoader(
                 dataset.train,
@@ -379,6 +394,7 @@ def make_loaders(
                 train=True,
                 augment=augment,
                 limit_batches=limit,
+                drop_last=drop_last,
                 dtype=train_dtype,
                 **tv,
             ),
@@ -391,11 +407,12 @@ def make_loaders(
         )
     store = device if kind == "device" else torch.device("cpu")
     train_split, test_split = dataset.train.to(store), dataset.test.to(store)
-    norm = Normalizer(dataset.mean, dataset.std, device, train_dtype, channels_last)
-    norm32 = Normalizer(dataset.mean, dataset.std, device, torch.float32, channels_last)
+    norm = Normalizer(mean, std, device, train_dtype, channels_last)
+    norm32 = Normalizer(mean, std, device, torch.float32, channels_last)
     return (
         TensorLoader(
-            train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, views=views, **common
+            train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, drop_last=drop_last,
+            views=views, **common,
         ),
         TensorLoader(
             train_split, eval_batch, norm32, device, train=False, augment=False, limit_batches=limit, **common

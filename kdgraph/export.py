@@ -448,7 +448,7 @@ def write_torchscript(model: DeployedModel, info: DataInfo, path: Path) -> str |
 @torch.no_grad()
 def evaluate_exported(model: nn.Module, run_dir: str | Path, batch_size: int | None = None) -> dict[str, float]:
     """Top-1 / top-5 (%) of `model` on the test split of a run's data, batched as its evaluation was."""
-    from .data import Normalizer, TensorLoader, load_dataset
+    from .data import Normalizer, TensorLoader, load_dataset, normalization_of
 
     final = _read_final(Path(run_dir))
     spec = _run_spec(final["spec"])
@@ -461,7 +461,8 @@ def evaluate_exported(model: nn.Module, run_dir: str | Path, batch_size: int | N
     # the run's numerics: its autocast, and bf16 images when its loader kept them on the device
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_cfg["precision"])
     on_device_bf16 = spec.data["loader"] == "device" and amp is torch.bfloat16
-    norm = Normalizer(dataset.mean, dataset.std, device, torch.bfloat16 if on_device_bf16 else torch.float32)
+    mean, std = normalization_of(dataset, spec.data)
+    norm = Normalizer(mean, std, device, torch.bfloat16 if on_device_bf16 else torch.float32)
     loader = TensorLoader(
         dataset.test,
         int(batch_size or spec.data["eval_batch_size"]),

@@ -157,9 +157,9 @@ def _port_ref_problems(port: Any, path: Path_, known_nodes: set[str], spec: Grap
 
 
 def _init_problems(init: dict, path: Path_, spec: GraphSpec, stage_index: int | None = None) -> list[Problem]:
-    keys = [k for k in ("checkpoint", "from", "stage", "snapshot") if k in init]
+    keys = [k for k in ("checkpoint", "from", "stage", "snapshot", "seed") if k in init]
     if len(keys) != 1:
-        return [spec.problem(path, "init needs exactly one of checkpoint, from, stage, snapshot")]
+        return [spec.problem(path, "init needs exactly one of checkpoint, from, stage, snapshot, seed")]
     kind = keys[0]
     if kind == "checkpoint":
         target = (spec.base_dir / init["checkpoint"]).expanduser()

@@ -21,7 +21,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..augment import make_views
 from ..check import CheckedGraph, check_spec
-from ..data import Dataset, Loader, load_dataset, make_loaders
+from ..data import Dataset, Loader, load_dataset, make_loaders, normalization_of
 from ..errors import DataError, RunError
 from ..plan import StagePlan
 from ..rng import set_rng_state
@@ -424,7 +424,7 @@ class Trainer(RunFiles, InitActions):
                     "source": str(self.spec.source) if self.spec.source else None,
                     "deploy": self.spec.deploy,
                     "data_info": self.info.__dict__.copy(),
-                    "normalize": {"mean": list(self.dataset.mean), "std": list(self.dataset.std)},
+                    "normalize": dict(zip(("mean", "std"), map(list, normalization_of(self.dataset, self.spec.data)))),
                     "epoch": max(1, self.spec.stages[-1].epochs),  # scheduled op parameters end at it
                     "summary": summary,
                 },

@@ -27,7 +27,11 @@ def group_lr(base: float, cfg: dict[str, Any], epoch: int, epochs: int) -> float
     else:
         lr = base
     warmup = int(cfg.get("warmup", 0) or 0)
-    return lr * min(1.0, epoch / warmup) if warmup else lr
+    if not warmup:
+        return lr
+    if int(cfg.get("warmup_origin", 1)) == 0:  # a LambdaLR counting epochs from 0 (ATS-LargeKD's WSKDLR)
+        return lr * (epoch - 1 + 1e-6) / warmup if epoch - 1 <= warmup else lr
+    return lr * min(1.0, epoch / warmup)
 
 
 def build_optimizer(graph: DistillGraph, stage: StagePlan, train_cfg: dict[str, Any], device: torch.device):
