@@ -7,7 +7,6 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -224,16 +223,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _discard_unstarted(run_dir: Path) -> None:
     """A run that failed before its first checkpoint leaves no folder behind (there is nothing to resume)."""
     from .checkpoint import has_checkpoint
-    from .train import RUN_FILES
+    from .run_guard import remove_run_files
 
     if has_checkpoint(run_dir / "checkpoints"):
         return
-    for name in RUN_FILES:
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-        elif target.exists():
-            target.unlink()
+    remove_run_files(run_dir)
     try:
         run_dir.rmdir()
     except OSError:  # something else is in it: leave it

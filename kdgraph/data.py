@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError
+from .safe_pickle import UnsafePickleError, load_data_pickle
 
 CIFAR_MEAN = {"cifar100": (0.5071, 0.4867, 0.4408), "cifar10": (0.4914, 0.4822, 0.4465)}
 CIFAR_STD = {"cifar100": (0.2675, 0.2565, 0.2761), "cifar10": (0.2470, 0.2435, 0.2616)}
@@ -179,11 +180,12 @@ def _cifar(name: str, root: Path, download: bool) -> Dataset:
         images, labels = [], []
         for f in files:
             try:
-                with open(where / f, "rb") as fh:
-                    entry = pickle.load(fh, encoding="bytes")
+                entry = load_data_pickle(where / f)  # data, never code: numpy arrays and lists only
                 images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.extend(entry[label_key])
-            except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
+            except UnsafePickleError as e:
+                raise DataError(f"{where / f} is refused: {e}; replace it with the original {name} file") from None
+            except (OSError, KeyError, ValueError, TypeError, IndexError, pickle.UnpicklingError, EOFError) as e:
                 raise DataError(
                     f"{where / f} is not a readable {name} file ({_first(e)}); delete it to download again"
                 ) from None

@@ -12,11 +12,10 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,11 @@ from . import checkpoint as ckpt
 from .data import Dataset, Loader, load_dataset, make_loaders
 from .errors import CheckpointError, DataError, RunError, SpecError
 from .graph import DataInfo, DistillGraph, dry_run
+from .nan_guard import refuse_nonfinite
 from .plan import StagePlan
+from .rng import rng_state, set_rng_state
+from .run_guard import RUN_ENTRIES, clear_run, run_lock, write_marker
+from .safe_load import load_final_graph, load_weights
 from .spec import GraphSpec, dump_resolved, load_spec, merge
 from .step import LossMeter, TrainStep
 
@@ -108,21 +111,6 @@ def build_optimizer(graph: DistillGraph, stage: StagePlan, train_cfg: dict[str, 
     return cls(groups, lr=float(base_cfg["lr"]), **flags)
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -133,7 +121,7 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.cwd() / "runs" / "cache"))
 
 
-RUN_FILES = ("run.json", "spec.yaml", "metrics.jsonl", "checkpoints", "summary.json", "final.pt")
+RUN_FILES = RUN_ENTRIES
 
 
 def use_cpu() -> bool:
@@ -190,11 +178,9 @@ def _make_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
                     f"run directory {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
                     "pass --force to overwrite it, or choose another --out"
                 )
-            if not any((run_dir / f).exists() for f in RUN_FILES):
-                raise RunError(f"{run_dir} is not a kdgraph run directory; --force will not empty it")
-            for child in run_dir.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            clear_run(run_dir)  # only a marked folder, only the files a run writes
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(run_dir)
     return run_dir
 
 
@@ -241,6 +227,7 @@ class Trainer:
     resume: bool = False
     init_overrides: list[str] = field(default_factory=list)
     stop_after: int | None = None  # pause resumably once this many steps are done in total
+    locked: bool = False  # the caller holds the run directory's lock
 
     def __post_init__(self) -> None:
         from accelerate import Accelerator
@@ -285,6 +272,7 @@ class Trainer:
         if not self.main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(self.run_dir)
         (self.run_dir / "spec.yaml").write_text(dump_resolved(self.spec))
         info = {
             "name": self.spec.name,
@@ -352,14 +340,24 @@ class Trainer:
         final = folder / "final.pt"
         if final.exists():
             self.log(f"  reusing {rel} from {folder}")
-            return torch.load(final, map_location="cpu", weights_only=False)["graph"]
-        self.log(f"  training {rel} first (cached in {folder})")
-        resume = (folder / "checkpoints" / "latest.json").exists()  # an interrupted earlier attempt
+            return load_final_graph(final)
         folder.mkdir(parents=True, exist_ok=True)
-        Trainer(
-            child, folder, accelerator=self.accelerator, log=self.log, resume=resume, init_overrides=self.init_overrides
-        ).run()
-        return torch.load(final, map_location="cpu", weights_only=False)["graph"]
+        # another run may be training it right now (the main process speaks for the run)
+        with run_lock(folder, wait=True, log=self.log) if self.main else nullcontext():
+            if final.exists():
+                return load_final_graph(final)
+            self.log(f"  training {rel} first (cached in {folder})")
+            resume = ckpt.has_checkpoint(folder / "checkpoints")  # an interrupted earlier attempt
+            Trainer(
+                child,
+                folder,
+                accelerator=self.accelerator,
+                log=self.log,
+                resume=resume,
+                init_overrides=self.init_overrides,
+                locked=True,
+            ).run()
+        return load_final_graph(final)
 
     def _snapshot(self) -> dict[str, Any]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.graph.state_dict().items()}
@@ -476,14 +474,15 @@ class Trainer:
             "snapshots": list(self.snapshots),
             "stage_ends": list(self.stage_ends),
         }
+        refuse_nonfinite(state, self.spec, pos.step, self.saved_step, self.run_dir)  # a good checkpoint is finite
         ckpt.save_checkpoint(self.run_dir / "checkpoints", state, pos.step)
         self.saved_step = pos.step
 
     def _restore(self) -> tuple[Position, dict[str, Any]]:
-        state = ckpt.load_latest(self.run_dir / "checkpoints")
-        if state["hash"] != self.spec.hash():
+        state = ckpt.load_latest(self.run_dir / "checkpoints", log=self.log)
+        if state.get("hash") != self.spec.hash():
             raise CheckpointError(
-                f"{self.run_dir} was started from a different graph (hash {state['hash']} != "
+                f"{self.run_dir} was started from a different graph (hash {state.get('hash')} != "
                 f"{self.spec.hash()}); resume with the same graph and overrides"
             )
         self.graph.load_state_dict(state["graph"])
@@ -493,10 +492,7 @@ class Trainer:
         ):
             for name in names:
                 side = self.run_dir / kind / f"{name}.pt"
-                try:
-                    target[name] = torch.load(side, map_location="cpu", weights_only=False)
-                except (OSError, RuntimeError, EOFError) as e:
-                    raise CheckpointError(f"cannot read {side} ({e}); start a new run") from None
+                target[name] = load_weights(side, f"{side} (start a new run if it is lost)")
         self.best, self.last_eval = state["best"], state["last_eval"]
         self.stage_results = state.get("stage_results", {})
         self._truncate_metrics(state["metrics_lines"])
@@ -507,6 +503,14 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict[str, Any]:
+        if self.main and not self.locked:  # one process trains in a folder at a time
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with run_lock(self.run_dir):
+                self.locked = True
+                try:
+                    return self.run()
+                finally:
+                    self.locked = False
         self._prepare()
         resumed_state: dict[str, Any] | None = None
         if self.resume and not ckpt.has_checkpoint(self.run_dir / "checkpoints"):
