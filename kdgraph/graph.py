@@ -276,7 +276,7 @@ class DistillGraph(nn.Module):
         for run, weight, step in self._compiled("train", amp):
             try:
                 out = run(values)
-            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            except Exception as e:  # a plugin may raise anything: it is named, never a traceback
                 raise self._step_error(step, values, e) from None
             if weight is not None:  # a loss step
                 losses.append(out)
@@ -323,7 +323,7 @@ class DistillGraph(nn.Module):
         for run, _weight, step in ops:
             try:
                 run(values)
-            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            except Exception as e:  # a plugin may raise anything: it is named, never a traceback
                 raise self._step_error(step, values, e) from None
 
     # ------------------------------------------------------------------ the program as closures
@@ -414,6 +414,8 @@ class DistillGraph(nn.Module):
                 loss = fn(pred, target, **kwargs)
             else:
                 loss = fn(pred, target, **static)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:  # a plugin's loss must reduce
+                loss = _scalar_loss(loss, edge)
             for key in free:
                 values.pop(key, None)
             return loss
@@ -441,6 +443,18 @@ class DistillGraph(nn.Module):
 
 
 _LOW = (torch.float16, torch.bfloat16)
+
+
+def _scalar_loss(loss: Any, edge: EdgeSpec) -> torch.Tensor:
+    """A one-element tensor as a scalar; anything else is the edge's error."""
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return loss.reshape(())
+    what = f"shape {_shape(loss)}" if isinstance(loss, torch.Tensor) else f"a {type(loss).__name__}"
+    raise NodeError(
+        f"edge {edge.name!r} (loss {edge.loss}, edges[{edge.index}])",
+        f"the loss returned {what}, not a scalar",
+        "a loss reduces over the batch, e.g. with .mean()",
+    )
 
 
 def _autocast_on(device_type: str) -> bool:

@@ -148,7 +148,7 @@ def _rolled_back_on_error(label: str, module_name: str, file: Path | None) -> It
     """Run an import; on any error, unregister what the plugin's module registered and raise PluginError."""
     try:
         yield
-    except Exception as e:
+    except (Exception, SystemExit, KeyboardInterrupt) as e:  # a plugin's exit() or Ctrl-C stub is its failure too
         for registry in REGISTRIES.values():
             for entry in registry.entries():
                 if entry.module == module_name or entry.module.startswith(module_name + "."):

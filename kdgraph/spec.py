@@ -21,6 +21,8 @@ import yaml
 
 from . import expr, yaml12
 from .errors import PlanError, Problem, SpecError, did_you_mean
+from .init_deps import from_cycle_problems
+from .ranges import order_problems
 from .registry import LOSSES, NETS, OPS, Entry, RegistryError, load_builtins
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "graph.schema.json"
@@ -236,7 +238,19 @@ def _schema_errors(doc: Any) -> list[Any]:
     return sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])
 
 
+_RANGES = {"minimum": "at least", "exclusiveMinimum": "greater than", "maximum": "at most", "exclusiveMaximum": "below"}
+
+
+def _range_leaves(err: Any) -> list[Any]:
+    """The range errors inside an anyOf (a number out of range also fails the "${...}" branch)."""
+    if err.validator in _RANGES:
+        return [err]
+    return [leaf for c in (err.context or []) for leaf in _range_leaves(c)]
+
+
 def _leaves(err: Any) -> list[Any]:
+    if err.validator == "anyOf" and _range_leaves(err):
+        return _range_leaves(err)[:1]
     # {value: 1, warmpu: 5} as a weight fails "number", "string" and "schedule": only the last is news
     if err.validator == "anyOf" and isinstance(err.instance, (dict, list)):
         inner = [c for c in err.context if c.validator != "type"]
@@ -286,6 +300,11 @@ def _schema_problem(err: Any, path: Path_, locator: Locator) -> list[Problem]:
         allowed = ", ".join(repr(v) for v in err.validator_value)
         hint = did_you_mean(str(err.instance), [str(v) for v in err.validator_value])
         return [locator.problem(path, f"{err.instance!r} is not one of {allowed}", hint)]
+    if err.validator in _RANGES:
+        return [locator.problem(path, f"must be {_RANGES[err.validator]} {err.validator_value}, not {err.instance!r}")]
+    if err.validator == "pattern" and path == ("name",):
+        hint = "letters, digits, _, . and -, not starting with '.': it names the run directory"
+        return [locator.problem(path, f"{err.instance!r} is not a valid name", hint)]
     if err.validator == "const":
         return [locator.problem(path, f"must be {err.validator_value!r}, not {err.instance!r}")]
     if err.validator == "oneOf" and len(path) == 2 and path[0] == "nodes" and isinstance(err.instance, dict):
@@ -582,13 +601,14 @@ def load_spec(
     doc, var_problems = resolve_vars(doc, locator)
     problems += var_problems
     if not var_problems:  # values that came from ${...} have their types checked now
-        typed = schema_problems(doc, locator)
+        typed = schema_problems(doc, locator) + order_problems(doc, locator)
         if typed:
             raise SpecError(sort_problems(problems + typed))
     try:
         spec = _normalise(doc, Path(path) if path else None, locator, overrides, problems)
         if check_registry:
             problems += registry_problems(spec)
+            problems += from_cycle_problems(spec, lambda p: load_document(p, [], Locator(default_file=str(p))))
         from .plan import cycle_problems
 
         cycles = cycle_problems(spec)
