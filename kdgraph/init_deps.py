@@ -26,14 +26,14 @@ def from_refs(doc: Any) -> Iterator[tuple[tuple, str]]:
     if not isinstance(doc, dict):
         return
     nodes = doc.get("nodes")
-    for name, node in (nodes.items() if isinstance(nodes, dict) else []):
+    for name, node in nodes.items() if isinstance(nodes, dict) else []:
         init = node.get("init") if isinstance(node, dict) else None
         if isinstance(init, dict) and isinstance(init.get("from"), str):
             yield ("nodes", name, "init", "from"), init["from"]
     stages = doc.get("stages")
     for i, stage in enumerate(stages if isinstance(stages, list) else []):
         inits = stage.get("init") if isinstance(stage, dict) else None
-        for name, init in (inits.items() if isinstance(inits, dict) else []):
+        for name, init in inits.items() if isinstance(inits, dict) else []:
             if isinstance(init, dict) and isinstance(init.get("from"), str):
                 yield ("stages", i, "init", name, "from"), init["from"]
 

@@ -110,3 +110,41 @@ def run_lock(run_dir: Path, wait: bool = False, log: Any = None) -> Iterator[Non
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def read_run_info(run_dir: Path) -> tuple[str, list[str]]:
+    """(graph file, overrides) of the run in `run_dir`, from run.json; RunError for anything else."""
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        raise RunError(f"{run_dir} is not a run directory (no run.json); start it with kdgraph run GRAPH --out DIR")
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise RunError(f"{info_path} is unreadable ({type(e).__name__}); start a new run instead") from None
+    source = info.get("source") if isinstance(info, dict) else None
+    overrides = info.get("overrides") if isinstance(info, dict) else None
+    if not isinstance(source, str) or not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        raise RunError(
+            f"{info_path} is not what kdgraph writes (a graph file 'source' and a list of 'overrides'); "
+            "start a new run instead"
+        )
+    return source, overrides
+
+
+def check_spec_unchanged(run_dir: Path, resolved: str, spec_hash: str) -> None:
+    """A paused run resumes from its graph file and overrides; an edited spec.yaml would be ignored: refuse.
+
+    (A changed graph file changes the hash, which the checkpoint's own check reports.)
+    """
+    saved = run_dir / "spec.yaml"
+    try:
+        text = saved.read_text()
+        started = json.loads((run_dir / "run.json").read_text()).get("hash")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return  # no copy to compare (an old run): the checkpoint's graph hash still guards the resume
+    if started == spec_hash and text != resolved:
+        raise RunError(
+            f"{saved} was edited after the run started; a resume trains the graph it started with, so the edit "
+            f"would be ignored. Undo the edit to resume, or train the edited graph as a new run: "
+            f"kdgraph run {saved} --out NEW_DIR"
+        )

@@ -823,6 +823,9 @@ def registry_problems(spec: GraphSpec) -> list[Problem]:
         problems += _port_ref_problems(spec.deploy, ("deploy",), known_nodes, spec)
     for i, port in enumerate(spec.train["eval"]):
         problems += _port_ref_problems(port, ("train", "eval", i), known_nodes, spec)
+        if isinstance(port, str) and port.startswith("data."):  # labels or images are no class scores
+            hint = "evaluate a node's logits"
+            problems.append(spec.problem(("train", "eval", i), f"{port} is not a prediction", hint))
     return problems
 
 

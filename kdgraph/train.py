@@ -440,6 +440,8 @@ class Trainer:
             for batch in loader.epoch(1):
                 out = graph.evaluate(batch.image)
                 for i, port in enumerate(ports):
+                    if not (isinstance(out[port], torch.Tensor) and out[port].dim() == 2):
+                        raise RunError(f"evaluated port {port} is {_shape_of(out[port])}, not (batch, classes) scores")
                     top = out[port].float().topk(min(5, out[port].shape[1]), dim=1).indices
                     hit = top == batch.label[:, None]
                     counts[i, 0] += hit[:, 0].sum()
@@ -723,6 +725,10 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.accelerator.wait_for_everyone()  # final.pt exists for every process (a cached dependency)
         return summary
+
+
+def _shape_of(value: Any) -> str:
+    return f"shaped {tuple(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
 
 
 def _silent(*_args: Any, **_kwargs: Any) -> None:
