@@ -160,7 +160,7 @@ def _rolled_back_on_error(label: str, module_name: str, file: Path | None) -> It
 
 def _describe(e: BaseException, file: Path | None) -> str:
     """``Type: message (file:line)`` without a traceback; plugin module names shown as their files."""
-    text = f"{type(e).__name__}: {e}"
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     for module_name, shown in _shown.items():
         text = text.replace(module_name, shown)
     if isinstance(e, SyntaxError) and e.lineno:

@@ -906,8 +906,10 @@ def _init_problems(init: dict, path: Path_, spec: GraphSpec, stage_index: int | 
             ]
     if kind == "from":
         target = spec.base_dir / init["from"]
-        if not target.exists():
-            return [spec.problem((*path, "from"), f"graph file {str(target)!r} does not exist")]
+        if not target.is_file():
+            what = "is a directory, not a graph file" if target.is_dir() else "is not a regular file"
+            what = what if target.exists() else "does not exist"
+            return [spec.problem((*path, "from"), f"graph file {str(target)!r} {what}")]
     if kind in ("stage", "snapshot"):
         names = [s.name for s in spec.stages]
         if init[kind] not in names:

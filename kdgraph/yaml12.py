@@ -171,8 +171,7 @@ class _Walker:
             raise self._fail(node, f"nested deeper than {MAX_DEPTH} levels", "flatten the structure")
         if any(node is s for s in stack):
             raise self._fail(node, "an alias refers to the node that contains it", "a value cannot contain itself")
-        if path not in self.lines:
-            self.lines[path] = node.start_mark.line + 1
+        self.lines[path] = node.start_mark.line + 1  # a value's own line (a block mapping: its first key)
         if isinstance(node, yaml.MappingNode):
             self._mapping(node, path, depth, (*stack, node))
         elif isinstance(node, yaml.SequenceNode):
