@@ -90,4 +90,7 @@ def load_newest_intact(folder: Path) -> tuple[dict[str, Any], str | None]:
         if state is not None:
             return state, f"{'; '.join(skipped)}: resuming from the newest intact checkpoint, {path.name}"
         skipped.append(f"{path.name} is damaged")
-    raise CheckpointError(f"no intact checkpoint in {folder} ({'; '.join(skipped)})")
+    raise CheckpointError(
+        f"no intact checkpoint in {folder} ({'; '.join(skipped)}); start the run again with kdgraph run GRAPH "
+        f"--out {folder.parent} --force"
+    )

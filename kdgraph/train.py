@@ -487,20 +487,28 @@ class Trainer:
                 f"{self.run_dir} was started from a different graph (hash {state.get('hash')} != "
                 f"{self.spec.hash()}); resume with the same graph and overrides"
             )
-        self.graph.load_state_dict(state["graph"])
-        for kind, names, target in (
-            ("snapshots", state["snapshots"], self.snapshots),
-            ("stage_ends", state["stage_ends"], self.stage_ends),
-        ):
-            for name in names:
-                side = self.run_dir / kind / f"{name}.pt"
-                target[name] = load_weights(side, f"{side} (start a new run if it is lost)")
-        self.best, self.last_eval = state["best"], state["last_eval"]
-        self.stage_results = state.get("stage_results", {})
-        self._truncate_metrics(state["metrics_lines"])
-        self._pending_rng = state["rng"]
-        self.saved_step = state["position"]["step"]
-        return Position(**state["position"]), state
+        try:  # the file passed its hash: a wrong layout is a foreign or hand-made file, said in one line
+            self.graph.load_state_dict(state["graph"])
+            for kind, names, target in (
+                ("snapshots", state["snapshots"], self.snapshots),
+                ("stage_ends", state["stage_ends"], self.stage_ends),
+            ):
+                for name in names:
+                    if name not in {st.name for st in self.spec.stages}:  # a name, never a path
+                        raise ValueError(f"unknown stage {name!r} in {kind}")
+                    side = self.run_dir / kind / f"{name}.pt"
+                    target[name] = load_weights(side, f"{side} (start a new run if it is lost)")
+            self.best, self.last_eval = state["best"], state["last_eval"]
+            self.stage_results = state.get("stage_results", {})
+            self._truncate_metrics(state["metrics_lines"])
+            self._pending_rng = state["rng"]
+            self.saved_step = state["position"]["step"]
+            return Position(**state["position"]), state
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(
+                f"the checkpoint in {self.run_dir / 'checkpoints'} is not laid out as kdgraph writes it "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); start the run again with --force"
+            ) from None
 
     # ------------------------------------------------------------------ the loop
 
