@@ -18,29 +18,39 @@ if TYPE_CHECKING:
     from .spec import GraphSpec
 
 
-def first_nonfinite(state: Any, where: str = "") -> str | None:
-    """The dotted place of the first NaN/Inf floating tensor in a (nested) state, or None."""
-    if isinstance(state, torch.Tensor):
-        if state.is_floating_point() or state.is_complex():
-            return None if bool(torch.isfinite(state).all()) else (where or "tensor")
-        return None
-    if isinstance(state, dict):
-        items: Any = state.items()
-    elif isinstance(state, (list, tuple)):
-        items = enumerate(state)
-    else:
-        return None
-    for key, value in items:
-        bad = first_nonfinite(value, f"{where}.{key}" if where else str(key))
-        if bad:
-            return bad
+def first_nonfinite(state: Any) -> str | None:
+    """The dotted place of the first NaN/Inf floating tensor in a (nested) state, or None.
+
+    One read-back per device, not one per tensor: this runs at every checkpoint.
+    """
+    places: list[tuple[str, torch.Tensor]] = []
+    _collect(state, "", places)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(places):
+        by_device.setdefault(t.device, []).append(i)
+    for indices in by_device.values():
+        flags = torch.stack([torch.isfinite(places[i][1]).all() for i in indices])
+        if not bool(flags.all()):
+            return places[indices[int((~flags).nonzero()[0])]][0]
     return None
+
+
+def _collect(state: Any, where: str, out: list[tuple[str, torch.Tensor]]) -> None:
+    if isinstance(state, torch.Tensor):
+        if (state.is_floating_point() or state.is_complex()) and state.numel():
+            out.append((where or "tensor", state))
+        return
+    items: Any = (
+        state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    )
+    for key, value in items:
+        _collect(value, f"{where}.{key}" if where else str(key), out)
 
 
 def refuse_nonfinite(state: dict[str, Any], spec: GraphSpec, step: int, saved: int | None, run_dir: Path) -> None:
     """RunError when the weights or optimizer state about to be saved hold NaN/Inf."""
     for key in ("graph", "optimizer"):
-        bad = first_nonfinite(state.get(key), key)
+        bad = first_nonfinite({key: state.get(key)})
         if bad is None:
             continue
         kept = f"step {saved}" if saved is not None else "none yet"

@@ -460,11 +460,12 @@ class Trainer:
 
     def _save(self, pos: Position, optimizer, acc_state: dict[str, Any]) -> None:
         self.accelerator.wait_for_everyone()
+        weights = {"graph": self.graph.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None}
+        refuse_nonfinite(weights, self.spec, pos.step, self.saved_step, self.run_dir)  # every process: same weights
         if not self.main:
             return
         state = {
-            "graph": self.graph.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer else None,
+            **weights,
             "position": pos.__dict__.copy(),
             "rng": rng_state(),
             "metrics_lines": self._metrics_lines(),
@@ -476,7 +477,6 @@ class Trainer:
             "snapshots": list(self.snapshots),
             "stage_ends": list(self.stage_ends),
         }
-        refuse_nonfinite(state, self.spec, pos.step, self.saved_step, self.run_dir)  # a good checkpoint is finite
         ckpt.save_checkpoint(self.run_dir / "checkpoints", state, pos.step)
         self.saved_step = pos.step
 
