@@ -1,4 +1,4 @@
-"""The random generators' state as tensors, ints and lists only, so a checkpoint loads weights-only.
+"""Seeding and the random generators' state as tensors, ints and lists only, so a checkpoint loads weights-only.
 
 numpy's MT19937 state is (name, 624 uint32 keys, pos, has_gauss, cached_gaussian) and Python's is
 (version, 625 ints, gauss_next); both are stored as plain values and rebuilt exactly.
@@ -41,3 +41,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

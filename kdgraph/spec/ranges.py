@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import Problem
+from ..errors import Problem
 
 if TYPE_CHECKING:
-    from .spec import Locator
+    from .document import Locator
 
 
 def order_problems(doc: dict[str, Any], locator: Locator) -> list[Problem]:

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import KDGraphError, Problem
+from ..errors import KDGraphError, Problem
 
 if TYPE_CHECKING:
-    from .spec import GraphSpec
+    from .model import GraphSpec
 
 MAX_CHAIN = 32  # dependency chains deeper than this are refused too
 
