@@ -186,6 +186,23 @@ def test_crafted_stage_end_cache_entry_and_export_run_nothing(tmp_path: Path) ->
     assert not marker.exists()
 
 
+def test_crafted_cache_entry_of_a_dependency_runs_nothing(tmp_path: Path) -> None:
+    """`init: {from: teacher.yaml}` finds a final.pt planted in the cache under the teacher's hash: refused."""
+    from kdgraph.spec import load_spec
+
+    marker = tmp_path / "PWNED"
+    (tmp_path / "teacher.yaml").write_text(GRAPH.replace("name: hostile", "name: teacher"))
+    (tmp_path / "student.yaml").write_text(GRAPH.replace("dropout: 0.2}", "dropout: 0.2, init: {from: teacher.yaml}}"))
+    teacher = load_spec(tmp_path / "teacher.yaml")
+    entry = tmp_path / "cache" / f"teacher-{teacher.hash()}"
+    entry.mkdir(parents=True)
+    torch.save({"graph": {"nodes.student.fc.weight": torch.zeros(1)}, "x": Payload(marker)}, entry / "final.pt")
+    code, _, err = cli("run", str(tmp_path / "student.yaml"), "--out", str(tmp_path / "run"))
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"{tmp_path / 'student.yaml'}:5: nodes.student.init.from: {entry / 'final.pt'}: refused")
+    assert not marker.exists()
+
+
 # ----------------------------------------------------------------------------- 2. --force deletes only kdgraph's
 
 
