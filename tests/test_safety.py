@@ -203,6 +203,24 @@ def test_crafted_cache_entry_of_a_dependency_runs_nothing(tmp_path: Path) -> Non
     assert not marker.exists()
 
 
+def test_crafted_stage_end_file_is_refused_on_resume(tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    graph = tmp_path / "two.yaml"
+    graph.write_text(
+        GRAPH.replace("  student: {net: mlp, hidden: [8], dropout: 0.2}", "  student: {net: mlp, hidden: [8]}")
+        + "stages:\n  - {name: a, epochs: 1}\n  - {name: b, epochs: 1, init: {student: {stage: a}}}\n"
+    )
+    run = tmp_path / "run"
+    _run_to_pause(graph, run, 6)  # stage a (4 steps) has ended: its end weights are a side file
+    side = run / "stage_ends" / "a.pt"
+    assert side.exists()
+    torch.save({"nodes.student.fc.weight": Payload(marker)}, side)
+    code, _, err = cli("run", "--resume", str(run))
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"{side} (start a new run if it is lost): refused: it holds a Python object")
+    assert not marker.exists()
+
+
 # ----------------------------------------------------------------------------- 2. --force deletes only kdgraph's
 
 
