@@ -123,6 +123,7 @@ def test_bad_run_leaves_no_run_directory(corpus: Path, tmp_path: Path) -> None:
 
 
 SUBPROCESS_CASES = ["22_three_at_once", "23_shape_mismatch", "41_missing_dataset_offline"]
+SUBPROCESS_CASES += ["58_yaml_alias_bomb", "69_expr_huge_power"]  # hostile input: bounded in a real process
 
 
 def test_bad_graphs_in_real_processes(corpus: Path, tmp_path: Path) -> None:
