@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, where it is handled, not at exit
+        return code
     except KDGraphError as e:
         for line in e.lines():
             print(line, file=sys.stderr)

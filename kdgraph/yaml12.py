@@ -194,6 +194,8 @@ class _Walker:
                         key_node.start_mark.line + 1,
                         self.file,
                         f"keys are names; quote it: '{shown}'" if isinstance(key_node, yaml.ScalarNode) else None,
+                        "yaml",
+                        path,
                     )
                 )
                 continue
@@ -206,6 +208,8 @@ class _Walker:
                         key_node.start_mark.line + 1,
                         self.file,
                         "each key may appear once per mapping",
+                        "yaml",
+                        (*path, key),
                     )
                 )
             seen.add(key)

@@ -126,6 +126,7 @@ SUBPROCESS_CASES = ["22_three_at_once", "23_shape_mismatch", "41_missing_dataset
 SUBPROCESS_CASES += ["58_yaml_alias_bomb", "69_expr_huge_power"]  # hostile input: bounded in a real process
 
 
+@pytest.mark.slow
 def test_bad_graphs_in_real_processes(corpus: Path, tmp_path: Path) -> None:
     """The real command, a few cases side by side: exactly the expected lines, exit status 2, no traceback."""
     env = {**os.environ, "PYTHONPATH": str(CORPUS.parent.parent), "KDGRAPH_CPU": "1", "OMP_NUM_THREADS": "1"}

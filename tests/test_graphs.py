@@ -102,6 +102,7 @@ def _smoke_run(path: Path, spec: GraphSpec, factory: pytest.TempPathFactory) -> 
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rel", GRAPH_FILES)
 def test_graph_plans_runs_every_stage_and_exports(rel: str, smoke, tmp_path: Path) -> None:
     path = GRAPHS / rel
@@ -203,6 +204,7 @@ def test_skd_edge_trains_simplifier_and_student_not_teacher() -> None:
     assert graph.spec.nodes["simplifier"].optim == {"lr": 3.0e-5, "weight_decay": 5.0e-4}
 
 
+@pytest.mark.slow
 def test_teskd_backbone_learns_through_the_branch_kl_targets() -> None:
     graph = one_edge_backward("teskd.yaml", "kl_prob:backbone->b1")
     # the backbone's classifier feeds the branches nothing but this KL's target: its gradient comes from there

@@ -95,7 +95,3 @@ def subset(split: Split | FolderSplit, n: int) -> Split | FolderSplit:
         step = max(1, len(split) // n)
         return FolderSplit(split.samples[::step][:n], split.channels, split.image_size)
     return Split(split.images[:n], split.labels[:n])
-
-
-def first_line(e: BaseException) -> str:
-    return str(e).strip().split("\n")[0] or type(e).__name__

@@ -9,11 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..registry import register_dataset
 from ..safe_pickle import UnsafePickleError, load_data_pickle
 from .base import DataInfo, Dataset, DatasetSource, Split, data_root
-from .base import first_line as _first
 
 CIFAR_MEAN = {"cifar100": (0.5071, 0.4867, 0.4408), "cifar10": (0.4914, 0.4822, 0.4465)}
 
@@ -40,7 +39,7 @@ def _cifar(name: str, root: Path, download: bool) -> Dataset:
             cls(str(root), train=True, download=True)
         except Exception as e:
             raise DataError(
-                f"{name} is not under {where} and could not be downloaded ({_first(e)}); put "
+                f"{name} is not under {where} and could not be downloaded ({first_line(e)}); put "
                 f"{folder}/ there, or set data.root (or $KDGRAPH_DATA) to its parent folder"
             ) from None
 
@@ -55,7 +54,7 @@ def _cifar(name: str, root: Path, download: bool) -> Dataset:
                 raise DataError(f"{where / f} is refused: {e}; replace it with the original {name} file") from None
             except (OSError, KeyError, ValueError, TypeError, IndexError, pickle.UnpicklingError, EOFError) as e:
                 raise DataError(
-                    f"{where / f} is not a readable {name} file ({_first(e)}); delete it to download again"
+                    f"{where / f} is not a readable {name} file ({first_line(e)}); delete it to download again"
                 ) from None
         return Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
 

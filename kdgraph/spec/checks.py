@@ -56,8 +56,8 @@ def registry_problems(spec: GraphSpec) -> list[Problem]:
             )
             continue
         problems += _param_problems(entry, edge.params, path, spec, reserved=EDGE_KEYS, loss=True)
-        problems += _port_ref_problems(edge.src, (*path, "from"), known_nodes, spec)
-        problems += _port_ref_problems(edge.dst, (*path, "to"), known_nodes, spec)
+        problems += _port_ref_problems(edge.target, (*path, "from"), known_nodes, spec)
+        problems += _port_ref_problems(edge.pred, (*path, "to"), known_nodes, spec)
         if edge.sample_weight:
             problems += _port_ref_problems(edge.sample_weight, (*path, "sample_weight"), known_nodes, spec)
             if "sample_weight" not in entry.parameters():
@@ -175,14 +175,18 @@ def _init_problems(init: dict, path: Path_, spec: GraphSpec, stage_index: int | 
                     (*path, "checkpoint"),
                     f"checkpoint {str(target)!r} does not exist",
                     "give a path relative to the graph file, or train it with init: {from: GRAPH.yaml}",
+                    kind="missing_file",
                 )
             ]
     if kind == "from":
         target = spec.base_dir / init["from"]
         if not target.is_file():
-            what = "is a directory, not a graph file" if target.is_dir() else "is not a regular file"
-            what = what if target.exists() else "does not exist"
-            return [spec.problem((*path, "from"), f"graph file {str(target)!r} {what}")]
+            if not target.exists():
+                message, kind = f"graph file {str(target)!r} does not exist", "missing_file"
+            else:
+                what = "is a directory, not a graph file" if target.is_dir() else "is not a regular file"
+                message, kind = f"graph file {str(target)!r} {what}", "not_a_file"
+            return [spec.problem((*path, "from"), message, kind=kind)]
     if kind in ("stage", "snapshot"):
         names = [s.name for s in spec.stages]
         if init[kind] not in names:
