@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from typing import Any
 
 import networkx as nx
@@ -62,6 +63,7 @@ class DistillGraph(nn.Module):
         # recompiled each epoch; constant weights stay Python floats (no tensor op when 1.0)
         self._weight_slots: dict[str, float | torch.Tensor] = {}
         self._bound_programs: dict[tuple, list[tuple]] = {}  # programs bound to closures, per stage
+        self._output_caches: dict[tuple[int, str], Any] = {}  # (stage index, node) -> OutputCache (train.cache)
         # per stage index, trainable parameters that no loss reaches (found by dry_run): frozen there
         self.gradless: dict[int, list[str]] = {}
         self.stage: StagePlan = self.plan.stages[0]
@@ -117,6 +119,7 @@ class DistillGraph(nn.Module):
             "num_classes": self.data_info.num_classes,
             "in_channels": self.data_info.channels,
             "image_size": self.data_info.image_size,
+            "num_train": self.data_info.num_train,
         }
         if node.kind == "op":
             engine["in_info"] = [self._port_info(p, facts) for p in node.inputs]
@@ -242,21 +245,35 @@ class DistillGraph(nn.Module):
 
     # ------------------------------------------------------------------ walking
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None = None):
+    def forward(
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        index: torch.Tensor | None = None,
+        variant: torch.Tensor | None = None,
+        observe: Callable[[str, str, bool], None] | None = None,
+    ):
         """One training step's forward: (weighted total loss, the stage's edge losses stacked, detached).
 
         Runs the stage's program bound to closures once (``bind``): per batch, only the tensor work
-        and a few dict operations remain.
+        and a few dict operations remain. `variant` is each sample's augmentation variant (the output
+        cache's key with `index`). ``observe(kind, name, before)``, when given, is called before and
+        after each node or loss step (the memory estimate uses it).
         """
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
+        values[_CACHE_KEYS] = (index, variant)  # beside the ports: the plan never frees it
         amp = _autocast_on(image.device.type)
         total: torch.Tensor | None = None
         losses: list[torch.Tensor] = []
         for run, weight, step in self._bound("train", amp):
+            if observe is not None:
+                observe(step.kind, step.name, True)
             try:
                 out = run(values)
             except Exception as e:  # a plugin may raise anything: it is named, never a traceback
                 raise self._step_error(step, values, e) from None
+            if observe is not None:
+                observe(step.kind, step.name, False)
             if weight is not None:  # a loss step
                 losses.append(out)
                 term = out if (weight.__class__ is float and weight == 1.0) else out * weight
@@ -296,6 +313,23 @@ class DistillGraph(nn.Module):
         for name in self.stage.fit:
             self.nodes[name].fit_step(*[values[p] for p in self.spec.nodes[name].inputs])
 
+    def use_output_cache(self, node: str, cache: Any) -> None:
+        """In this stage's training step, gather `node`'s ports from `cache` (an OutputCache) instead of
+        running it; samples the cache lacks are computed and stored while `cache.lazy` (train.cache)."""
+        self._output_caches[(self.stage.index, node)] = cache
+        self._bound_programs.clear()
+
+    def drop_output_caches(self) -> None:
+        self._output_caches.clear()
+        self._bound_programs.clear()
+
+    @torch.no_grad()
+    def node_outputs(self, node: str, image: torch.Tensor, ports: frozenset[str]) -> dict[str, torch.Tensor]:
+        """`ports` (as `node.port`) of a net that reads the image, for a batch, in the node's current mode."""
+        values: dict[str, Any] = {"data.image": image}
+        self._node_closure(Step("node", node, no_grad=True, wanted=frozenset(ports)))(values)
+        return {f"{node}.{p}": values[f"{node}.{p}"] for p in ports}
+
     def walk(self, ops: list[tuple], values: dict[str, Any]) -> None:
         """Run bound steps (``bind``) over `values`, the port -> tensor dict; errors name the node or edge."""
         for run, _weight, step in ops:
@@ -312,17 +346,21 @@ class DistillGraph(nn.Module):
         ops = self._bound_programs.get(key)
         if ops is None:
             program = {"train": self.stage.program, "eval": self.stage.eval_program, "fit": self.stage.fit_program}
-            ops = self._bound_programs[key] = self.bind(program[kind], amp)
+            ops = self._bound_programs[key] = self.bind(program[kind], amp, cached=kind == "train")
         return ops
 
-    def bind(self, program: list[Step], amp: bool) -> list[tuple]:
+    def bind(self, program: list[Step], amp: bool, cached: bool = False) -> list[tuple]:
         """A program as (run(values), loss weight or None, step) per step, for ``walk``.
 
-        The walker's decisions are taken here once, not per batch.
+        The walker's decisions are taken here once, not per batch. With `cached`, nodes the stage's
+        output caches hold gather their ports instead of running (train.cache).
         """
         ops = []
         for step in program:
-            if step.kind == "node":
+            cache = self._output_caches.get((self.stage.index, step.name)) if cached else None
+            if step.kind == "node" and cache is not None:
+                ops.append((self._cached_closure(step, cache), None, step))
+            elif step.kind == "node":
                 ops.append((self._node_closure(step), None, step))
             else:
                 edge = self._edges[step.name]
@@ -365,6 +403,29 @@ class DistillGraph(nn.Module):
                 raise NodeError(
                     f"node {name!r}", f"did not produce port {e.args[0]!r} (it produced {sorted(out)})", node=name
                 ) from None
+            for key in free:
+                values.pop(key, None)
+
+        return run
+
+    def _cached_closure(self, step: Step, cache: Any):
+        """A node step that gathers its ports from the output cache by (sample index, augmentation variant)."""
+        compute, free = self._node_closure(Step("node", step.name, no_grad=True, wanted=step.wanted)), step.free
+        keys_of = tuple(f"{step.name}.{port}" for port in sorted(step.wanted))
+
+        def run(values: dict[str, Any]) -> None:
+            image = values["data.image"]
+            keys = cache.keys(*values[_CACHE_KEYS])
+            if cache.lazy:  # computes only what is missing; one read-back of the count per step
+                missing = cache.missing(keys)
+                if len(missing):
+                    # kernels pick other algorithms for a handful of rows (1e-5 apart on oneDNN): never fewer
+                    # than _MIN_ROWS, topped up with stored samples of the batch, whose values are kept
+                    rows = _top_up(missing, len(keys), _MIN_ROWS)
+                    part = {"data.image": image[rows]}
+                    compute(part)
+                    cache.put(keys[missing], {k: part[k][: len(missing)] for k in keys_of})
+            values.update(cache.get(keys, image.device))
             for key in free:
                 values.pop(key, None)
 
@@ -427,6 +488,18 @@ class DistillGraph(nn.Module):
 
 
 _LOW = (torch.float16, torch.bfloat16)
+_CACHE_KEYS = "data.index+variant"
+_MIN_ROWS = 8
+
+
+def _top_up(rows: torch.Tensor, n: int, least: int) -> torch.Tensor:
+    """`rows` (positions in a batch of `n`) followed by other positions until there are min(least, n)."""
+    if len(rows) >= least or len(rows) == n:
+        return rows
+    taken = torch.zeros(n, dtype=torch.bool, device=rows.device)
+    taken[rows] = True
+    others = (~taken).nonzero().flatten()[: least - len(rows)]
+    return torch.cat([rows, others])
 
 
 def _scalar_loss(loss: Any, edge: EdgeSpec) -> torch.Tensor:

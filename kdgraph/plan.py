@@ -289,3 +289,28 @@ def build_program(
     for k, step in enumerate(steps):
         step.free = tuple(sorted(frees.get(k, [])))
     return steps
+
+
+def cacheable(spec: GraphSpec, stage: StagePlan) -> dict[str, frozenset[str]]:
+    """Nodes of a stage's training step whose outputs are a fixed function of the sample, with the ports read.
+
+    A net that is frozen in the stage (so in eval mode: no dropout, BN statistics fixed), runs under
+    ``no_grad`` and reads nothing but the default image computes, for each sample, a function of its index
+    and of the augmentation drawn for it: its values can be stored per (sample, augmentation) and gathered
+    (``train.cache``). Fitted nodes change during the stage and are left out.
+    """
+    out = {}
+    for step in stage.program:
+        node = spec.nodes.get(step.name)
+        if (
+            step.kind == "node"
+            and node is not None
+            and node.kind == "net"
+            and step.name in stage.frozen
+            and step.name not in stage.fit
+            and step.no_grad
+            and list(node.inputs) == [f"{DATA}.image"]
+            and step.wanted
+        ):
+            out[step.name] = step.wanted
+    return out

@@ -69,7 +69,7 @@ class Cifar100(DatasetSource):
     name = "cifar100"
 
     def info(self, cfg: dict[str, Any], base_dir: Path) -> DataInfo:
-        return DataInfo(100 if self.name == "cifar100" else 10, 3, 32)
+        return DataInfo(100 if self.name == "cifar100" else 10, 3, 32, 50_000)
 
     def load(self, cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
         return _cifar(self.name, data_root(cfg, base_dir), bool(cfg.get("download", True)))

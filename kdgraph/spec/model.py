@@ -17,7 +17,7 @@ PORT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_/]*)$")
 DATA_PORTS = ("image", "label", "index")
 NODE_KEYS = ("net", "op", "in", "frozen", "init", "optim", "taps", "label")
 EDGE_KEYS = ("loss", "from", "to", "weight", "detach", "name", "sample_weight")
-ENGINE_ARGS = ("in_info", "nodes", "num_classes", "in_channels", "image_size")
+ENGINE_ARGS = ("in_info", "nodes", "num_classes", "in_channels", "image_size", "num_train")
 
 
 @dataclass

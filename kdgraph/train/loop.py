@@ -26,6 +26,7 @@ from ..plan import StagePlan
 from ..rng import set_rng_state
 from ..run_guard import run_lock
 from ..spec import GraphSpec
+from .cache import attach_output_caches
 from .init import InitActions
 from .optim import build_optimizer, group_lr
 from .run_dir import Position, RunFiles, use_cpu
@@ -239,6 +240,7 @@ class Trainer(RunFiles, InitActions):
         if cfg["channels_last"]:
             self.graph.to(memory_format=torch.channels_last)
         self.graph.to(self.device)
+        attach_output_caches(self.graph, self.spec, stage, train_loader, cfg, acc, self.log)
         optimizer = build_optimizer(self.graph, stage, cfg, self.device)
         if resumed and resumed.get("optimizer"):
             optimizer.load_state_dict(resumed["optimizer"])
@@ -287,7 +289,7 @@ class Trainer(RunFiles, InitActions):
 
     def _train_step(self, run: StageRun, batch: Any, pos: Position) -> None:
         # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
-        total, losses = run.step.forward(batch.image, batch.label, batch.index)
+        total, losses = run.step.forward(batch.image, batch.label, batch.index, batch.variant)
         if run.skip_nan and not _finite(total, losses):  # on_nan: skip must decide now: a read-back per step
             run.step.skip()
             self.log(f"  skipped step {pos.step + 1}: non-finite loss")
