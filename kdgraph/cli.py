@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Any]:
     """Commands that live in their own modules (draw, plot, export), when present."""
     found = []
-    for module_name in ("draw", "plot", "export"):
+    for module_name in ("draw", "plot", "export", "sweep", "report", "profile"):
         try:
             module = __import__(f"kdgraph.{module_name}", fromlist=["register_cli"])
         except ImportError:

@@ -287,6 +287,11 @@ class DistillGraph(nn.Module):
         with torch.no_grad():  # the metrics need no autograd node (stack promotes mixed dtypes)
             return total, torch.stack(losses)
 
+    def train_program(self, device_type: str) -> list[tuple]:
+        """The stage's training program as ``forward`` walks it: (run(values), loss weight or None, plan
+        step) per step, for tools that time or trace each step (kdgraph profile)."""
+        return self._compiled("train", _autocast_on(device_type))
+
     def loss_names(self, stage: StagePlan | None = None) -> list[str]:
         """Edge names in the order ``forward`` stacks their losses."""
         return [s.name for s in (stage or self.stage).program if s.kind == "loss"]

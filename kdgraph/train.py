@@ -28,6 +28,7 @@ from . import checkpoint as ckpt
 from .data import Dataset, Loader, load_dataset, make_loaders
 from .errors import CheckpointError, DataError, RunError, SpecError
 from .graph import DataInfo, DistillGraph, dry_run
+from .memory import peak_memory_mb
 from .plan import StagePlan
 from .spec import GraphSpec, dump_resolved, load_spec, merge
 from .step import LossMeter, TrainStep
@@ -678,6 +679,7 @@ class Trainer:
             "losses": dict(zip(names, means)),
             "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
             "images_per_s": round(images_per_s, 1),
+            "peak_memory_mb": peak_memory_mb(self.device),
         }
         self._write_metrics(record)
 
