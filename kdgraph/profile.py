@@ -60,6 +60,7 @@ class Profile:
     parts: list[Part]
     step_times: list[float]  # seconds of each real training step
     peak_memory_mb: float
+    precision: str = "fp32"
 
     @property
     def step_ms(self) -> float:
@@ -152,7 +153,11 @@ def profile_graph(
     image = torch.randn(batch, info.channels, info.image_size, info.image_size, generator=g).to(device)
     label = torch.randint(0, info.num_classes, (batch,), generator=g).to(device)
     index = torch.arange(batch, device=device)
-    ops = graph.train_program(device.type)
+    # the training precision, as the Trainer's Accelerator applies it: autocast around the forward
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"])
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    with autocast:
+        ops = graph.train_program(device.type)
     parts: dict[str, Part] = {}
     for _run, _weight, step in ops:
         node = spec.nodes.get(step.name) if step.kind == "node" else None
@@ -165,7 +170,8 @@ def profile_graph(
     def real_step() -> float:
         _sync(device)
         t0 = time.perf_counter()
-        total, _losses = graph(image, label, index)
+        with autocast:
+            total, _losses = graph(image, label, index)
         if total.requires_grad:
             total.backward()
         optimizer.step()
@@ -174,6 +180,7 @@ def profile_graph(
         return time.perf_counter() - t0
 
     def timed_step(first: bool) -> None:
+        """One step walked part by part; `first` also measures each node's memory."""
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
         total = None
         for run, weight, step in ops:
@@ -183,12 +190,13 @@ def profile_graph(
                 base = torch.cuda.memory_allocated(device)
             before = set(values)
             clock.start(key)
-            out = run(values)
+            with autocast:
+                out = run(values)
             if weight is not None:  # a loss: weighted and summed as forward does
                 term = out * weight
                 total = term if total is None else total + term
             clock.stop()
-            if first:
+            if first and step.kind == "node":
                 parts[key].out_mb = sum(_tensor_mb(values[k]) for k in set(values) - before)
                 if device.type == "cuda":
                     parts[key].peak_mb = (torch.cuda.max_memory_allocated(device) - base) / MB
@@ -206,12 +214,15 @@ def profile_graph(
     for _ in range(warmup):
         real_step()
         timed_step(first=False)
+    timed_step(first=True)  # memory per node (it resets the CUDA peak), not timed
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the overall peak: of the steps below
     for p in parts.values():
         p.times.clear()
     step_times = []
-    for i in range(steps):  # alternated: both kinds see the same machine load
+    for _ in range(steps):  # alternated: both kinds see the same machine load
         step_times.append(real_step())
-        timed_step(first=i == 0)
+        timed_step(first=False)
     return Profile(
         str(path),
         plan.name,
@@ -222,6 +233,7 @@ def profile_graph(
         list(parts.values()),
         step_times,
         peak_memory_mb(device),
+        cfg["precision"],
     )
 
 
@@ -257,7 +269,7 @@ def _summary(prof: Profile) -> list[str]:
 
 def _title(prof: Profile) -> str:
     return (
-        f"profile {prof.graph}, stage {prof.stage}, on {prof.device}: batch {prof.batch}, "
+        f"profile {prof.graph}, stage {prof.stage}, on {prof.device} ({prof.precision}): batch {prof.batch}, "
         f"median of {prof.steps} steps after {prof.warmup} warm-up (data loading excluded)"
     )
 

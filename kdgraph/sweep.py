@@ -35,6 +35,7 @@ from .errors import RunError, SpecError
 
 MANIFEST = "sweep.json"
 INTERRUPTED = (130, 143)  # 128 + SIGINT, 128 + SIGTERM: the run checkpointed and stopped on request
+BAD_INPUT = 2  # kdgraph's status for a bad graph, data or checkpoint: stop rather than repeat it per run
 
 
 @dataclass
@@ -249,7 +250,7 @@ def _inits(graph: str) -> list[Any]:
 
 
 def run_sequential(root: Path, sweep: Sweep, jobs: list[Job], say=print) -> dict[str, int]:
-    """Each run in its own process, one after another; an interrupted run stops the sweep."""
+    """Each run in its own process, one after another; an interrupted run or bad input stops the sweep."""
     results: dict[str, int] = {}
     for i, job in enumerate(jobs, 1):
         say(f"[{i}/{len(jobs)}] {job.dir}: {'resuming' if job.state(root) == 'partial' else 'starting'}")
@@ -258,7 +259,7 @@ def run_sequential(root: Path, sweep: Sweep, jobs: list[Job], say=print) -> dict
             children.append(proc)
             rc = proc.wait()
         results[job.dir] = rc
-        if rc in INTERRUPTED:
+        if rc in INTERRUPTED or rc == BAD_INPUT:  # the next runs would stop the same way
             break
     return results
 
@@ -272,7 +273,7 @@ def run_parallel(root: Path, sweep: Sweep, jobs: list[Job], gpus: list[str], say
         for wave in dependency_waves(sweep, jobs):
             pending, running = list(wave), {}  # gpu -> (job, process, log file)
             while pending or running:
-                for gpu in [g for g in gpus if g not in running and pending]:
+                for gpu in [g for g in gpus if g not in running][: len(pending)]:
                     job = pending.pop(0)
                     env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
                     log = open(logs / f"{job.dir}.log", "a")
@@ -375,7 +376,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"sweep interrupted; run the same command again to finish it ({root})", file=sys.stderr)
         return max(rc for rc in failed.values() if rc in INTERRUPTED)
     for d, rc in failed.items():
-        print(f"{root / d}: failed (exit status {rc}); its log says why; rerun the sweep to retry it", file=sys.stderr)
+        print(f"{root / d}: failed (exit status {rc}); rerun the sweep to retry it", file=sys.stderr)
     print(f"report: kdgraph report {root}")
     return 1 if failed else 0
 

@@ -178,3 +178,27 @@ def test_the_submitit_launcher_runs_a_two_seed_sweep_through_the_local_executor(
     assert list((out / "submitit").glob("*_result.pkl"))  # the jobs really went through submitit
     assert main(argv) == 0  # again: both are done, nothing is submitted
     assert len(list((out / "submitit").glob("*_result.pkl"))) == 2
+
+
+@pytest.mark.slow
+def test_several_gpus_run_one_run_each_after_the_teacher_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import kdgraph.sweep
+
+    # two "GPUs" on CPU: the children get CUDA_VISIBLE_DEVICES but still run on the CPU (KDGRAPH_CPU)
+    monkeypatch.setattr(kdgraph.sweep, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setenv("KDGRAPH_CPU", "1")
+    out = tmp_path / "par"
+    quick = ["data.subset=64", "train.epochs=1", "train.progress=false"]
+    assert main(["sweep", QUICKSTART, "--seeds", "3", *quick, "--out", str(out)]) == 0
+    said = capfd.readouterr().out.splitlines()
+    started = [line for line in said if "started on GPU" in line]
+    # seed0 alone first (it trains the cached teacher), then seed1 and seed2 side by side on GPUs 0 and 1
+    assert started[0].startswith("seed0: started on GPU 0")
+    assert {line.split(":")[0] for line in started[1:]} == {"seed1", "seed2"}
+    assert {line.split("GPU ")[1].split()[0] for line in started[1:]} == {"0", "1"}
+    assert said.index(next(line for line in said if line == "seed0: done")) < said.index(started[1])
+    for seed in range(3):
+        assert (out / f"seed{seed}" / "summary.json").exists()
+        assert "done:" in (out / "logs" / f"seed{seed}.log").read_text()
