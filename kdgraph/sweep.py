@@ -257,7 +257,10 @@ def run_sequential(root: Path, sweep: Sweep, jobs: list[Job], say=print) -> dict
         with _forwarded_sigterm() as children:
             proc = subprocess.Popen(kdgraph_command(job.argv(root, sweep.graph)))
             children.append(proc)
-            rc = proc.wait()
+            try:
+                rc = proc.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached the run too: let it finish its checkpoint
+                rc = proc.wait()
         results[job.dir] = rc
         if rc in INTERRUPTED or rc == BAD_INPUT:  # the next runs would stop the same way
             break
@@ -291,7 +294,10 @@ def run_parallel(root: Path, sweep: Sweep, jobs: list[Job], gpus: list[str], say
                         say(f"{job.dir}: {_outcome(proc.returncode)}")
                         if proc.returncode in INTERRUPTED:
                             pending.clear()
-                time.sleep(0.5)
+                try:
+                    time.sleep(0.5)
+                except KeyboardInterrupt:  # Ctrl-C reached the runs too: they checkpoint and stop
+                    pending.clear()
             if any(rc in INTERRUPTED for rc in results.values()):
                 break
     return results
