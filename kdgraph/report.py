@@ -205,6 +205,9 @@ def table(runs: list[RunResult]) -> list[dict[str, Any]]:
                 Stat([r.last[port] for r in with_port if port in r.last]),
             )
             pub = entry if port == deploy else None
+            dataset = (spec.get("data") or {}).get("dataset")
+            overridden = any(o.lstrip("+").startswith("data.dataset=") for o in (done or group)[0].overrides)
+            elsewhere = pub and (pub.get("dataset", dataset) != dataset or (overridden and not pub.get("dataset")))
             rows.append(
                 {
                     "variant": label,
@@ -215,6 +218,8 @@ def table(runs: list[RunResult]) -> list[dict[str, Any]]:
                     "last_top1": last.to_json(),
                     "epochs": max((r.epochs or 0 for r in with_port), default=None) or None,
                     "published": pub,
+                    "dataset": dataset,
+                    "published_elsewhere": bool(elsewhere),  # the runs use another dataset than the paper
                     "delta_best": best.mean - pub["top1"] if pub and best.mean is not None else None,
                     "delta_last": last.mean - pub["top1"] if pub and last.mean is not None else None,
                     "images_per_s": _mean([r.images_per_s for r in with_port]),
@@ -287,6 +292,8 @@ def _published_note(pub: dict[str, Any], row: dict[str, Any]) -> str:
     for key in ("pair", "dataset"):
         if pub.get(key):
             parts.append(f"{key} {pub[key]}")
+    if row.get("published_elsewhere"):
+        parts.append(f"these runs on {row['dataset']}")
     if pub.get("epochs"):
         ran = f"; these runs {row['epochs']}" if row["epochs"] and row["epochs"] != pub["epochs"] else ""
         parts.append(f"{pub['epochs']} epochs{ran}")

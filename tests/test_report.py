@@ -118,6 +118,13 @@ def test_only_the_final_stage_counts(tmp_path: Path) -> None:
     assert row["best_top1"]["values"] == [55.0] and row["last_top1"]["values"] == [55.0]
 
 
+def test_a_run_on_another_dataset_than_the_paper_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = {**SPEC, "data": {"dataset": "synthetic"}}
+    write_run(tmp_path / "r", ["++data.dataset=synthetic"], curve([10.0]), spec=spec)
+    assert main(["report", str(tmp_path / "r")]) == 0
+    assert "pair resnet32x4->resnet8x4, these runs on synthetic, 240 epochs; these runs 1" in capsys.readouterr().out
+
+
 def test_the_published_entry_is_the_pair_the_graph_runs() -> None:
     assert published_entry(SPEC)["pair"] == "resnet32x4->resnet8x4"
     vgg = {**SPEC, "nodes": {"teacher": {"net": "vgg13"}, "student": {"net": "vgg8"}}}
