@@ -65,6 +65,42 @@ def test_a_sweep_directory_is_reopened_extended_or_refused(tmp_path: Path) -> No
         open_sweep(make_sweep(QUICKSTART, [], seeds=1), tmp_path / "other")
 
 
+def test_each_run_is_started_resumed_or_skipped_from_what_its_folder_holds(tmp_path: Path) -> None:
+    (job,) = make_sweep(QUICKSTART, ["train.epochs=2"], seeds=1).jobs
+    assert job.state(tmp_path) == "new"
+    assert job.argv(tmp_path, "g.yaml") == [
+        "run",
+        "g.yaml",
+        "train.epochs=2",
+        "train.seed=0",
+        "--out",
+        str(tmp_path / "seed0"),
+        "--force",
+    ]
+    (tmp_path / "seed0").mkdir()
+    (tmp_path / "seed0" / "run.json").write_text("{}")
+    assert job.state(tmp_path) == "partial"
+    assert job.argv(tmp_path, "g.yaml") == ["run", "--resume", str(tmp_path / "seed0")]
+    (tmp_path / "seed0" / "summary.json").write_text("{}")
+    assert job.state(tmp_path) == "done"
+
+
+def test_a_submitit_job_pickles_without_its_process_and_requeues_itself(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    import pickle
+
+    from kdgraph.cluster import RunJob
+
+    (job,) = make_sweep(QUICKSTART, [], seeds=1).jobs
+    runner = RunJob(job, str(tmp_path), QUICKSTART, str(tmp_path))
+    runner.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    again = pickle.loads(pickle.dumps(runner))  # what submitit does with it
+    assert again.proc is None and again.job == job
+    requeued = runner.checkpoint()  # preempted: the run is told to stop, the job comes back as it was
+    assert runner.proc.returncode == -signal.SIGTERM
+    assert requeued.function.job == job and requeued.function.root == str(tmp_path)
+
+
 def _sweep_command(out: Path, seeds: int, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -202,3 +238,37 @@ def test_several_gpus_run_one_run_each_after_the_teacher_is_cached(
     for seed in range(3):
         assert (out / f"seed{seed}" / "summary.json").exists()
         assert "done:" in (out / "logs" / f"seed{seed}.log").read_text()
+
+
+TINY = """\
+kdgraph: 1
+name: tiny
+data: {dataset: synthetic, size: 64, test_size: 16, image_size: 8, channels: 1, classes: 4, batch_size: 8}
+nodes:
+  student: {net: mlp, hidden: [16]}
+edges:
+  - {loss: ce, from: data.label, to: student.logits}
+train: {epochs: 500, checkpoint_every: 1, log_every: 1, progress: false}
+deploy: student.logits
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_sweep_reaches_its_run_which_checkpoints(tmp_path: Path) -> None:
+    graph = tmp_path / "tiny.yaml"
+    graph.write_text(TINY)
+    out = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "kdgraph", "sweep", str(graph), "--seeds", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pointer = out / "seed0" / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 300
+    while not (pointer.exists() and json.loads(pointer.read_text())["step"] >= 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to the sweep alone, not its process group
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "run the same command again" in err
+    assert not (out / "seed0" / "summary.json").exists() and not (out / "seed1").exists()
+    # the run stopped at a step it checkpointed, with every step logged up to it: nothing to redo or lose
+    last = [r["step"] for r in records(out / "seed0") if r["kind"] == "train"][-1]
+    assert json.loads(pointer.read_text())["step"] == last
