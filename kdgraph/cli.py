@@ -1,4 +1,4 @@
-"""kdgraph run | validate | plan | list | draw | plot | export.
+"""kdgraph run | validate | plan | list | draw | plot | export | sweep | report | profile.
 
 Bad input is reported as plain lines on stderr (file:line: path: what (fix)) with exit status 2,
 never a traceback.
@@ -12,28 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import draw, plot, report, sweep
+from .args import split_args
 from .errors import KDGraphError, RunError, SpecError
 
 
-def _split_args(items: list[str]) -> tuple[list[str], list[str]]:
-    """Graph files and overrides from one argument list.
-
-    An override has '=' or starts with '~'/'+'; an item that is neither a file nor a .yaml name is
-    taken as an override too (`train.epochs` without a value), so its problem is named as such.
-    """
-    files, overrides = [], []
-    for item in items:
-        looks_like_file = item.endswith((".yaml", ".yml")) or Path(item).exists() or "/" in item
-        is_override = "=" in item or item.startswith(("~", "+")) or (files and not looks_like_file)
-        (overrides if is_override else files).append(item)
-    return files, overrides
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .graph import check_graph
+    from .check import check_graph
     from .spec import dump_resolved
 
-    files, overrides = _split_args(args.items)
+    files, overrides = split_args(args.items)
     if not files:
         raise SpecError("name at least one graph file")
     failed: list[str] = []
@@ -59,9 +47,10 @@ def _count(n: int) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .graph import check_graph
+    from .check import check_graph
+    from .export import deployed_parameter_count, deployed_parts
 
-    files, overrides = _split_args(args.items)
+    files, overrides = split_args(args.items)
     if len(files) != 1:
         raise SpecError("plan takes one graph file")
     spec, graph = check_graph(files[0], overrides, dry=False)
@@ -94,33 +83,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"  param groups: {', '.join(stage.trainable) or 'none'} (one per node)")
         print(f"  evaluates: {', '.join(stage.eval_ports) or 'nothing'}")
     if plan.deploy:
-        deployed = sum(plan.params[n] for n in plan.deploy_nodes)
-        shown = _deployed_params(graph)
-        count = shown if shown is not None else deployed
-        parts = _deployed_parts(graph) or plan.deploy_nodes
+        count = deployed_parameter_count(graph)  # a `call` op's copied submodule, not its whole node
+        parts = deployed_parts(graph)
         print(f"\ndeploy {plan.deploy}: nodes {', '.join(parts)}; {count:,} deployed parameters")
     return 0
 
 
-def _deployed_parts(graph) -> list[str] | None:
-    """What the export holds (a `call` op's copied submodule instead of its whole node), when export exists."""
-    try:
-        from .export import deployed_parts
-    except ImportError:
-        return None
-    return deployed_parts(graph)
-
-
-def _deployed_params(graph) -> int | None:
-    try:
-        from .export import deployed_parameter_count
-    except ImportError:
-        return None
-    return deployed_parameter_count(graph)
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import REGISTRIES, load_builtins
+    from .catalog import load_builtins
+    from .registry import REGISTRIES
 
     load_builtins()
     if getattr(args, "markdown", False):
@@ -133,7 +104,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         else:
             print(text, end="")
         return 0
-    kinds = [args.kind] if args.kind else ["nets", "ops", "losses"]
+    kinds = [args.kind] if args.kind else ["nets", "ops", "losses", "datasets"]
     for kind in kinds:
         registry = REGISTRIES[kind]
         print(f"{kind} ({len(registry.names())}):")
@@ -176,11 +147,10 @@ def _compact_ports(ports: list[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .graph import check_graph
-    from .spec import load_spec
+    from .check import check_graph
     from .train import Trainer, new_run_dir
 
-    files, overrides = _split_args(args.items)
+    files, overrides = split_args(args.items)
     if args.resume:
         if files or overrides:
             raise SpecError("--resume RUN_DIR takes no graph file or overrides: they are read from the run")
@@ -195,16 +165,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             source, saved = info["source"], info["overrides"]
         except (ValueError, KeyError, TypeError) as e:
             raise RunError(f"{info_path} is unreadable ({e}); start a new run instead") from None
-        spec = load_spec(source, saved)
-        trainer = Trainer(spec, run_dir, resume=True, stop_after=args.stop_after)
+        checked = check_graph(source, saved)  # built once and dry-run once, as a fresh run
+        spec = checked.spec
+        trainer = Trainer(checked, run_dir, resume=True, stop_after=args.stop_after)
         created = False
     else:
         if len(files) != 1:
             raise SpecError("run takes one graph file (and key=value overrides)")
-        spec, _ = check_graph(files[0], overrides)  # every problem before any directory is made
+        checked = check_graph(files[0], overrides)  # every problem before any directory is made
+        spec = checked.spec
         created = not (args.out and Path(args.out).exists())
         run_dir = new_run_dir(spec, args.out, args.force)
-        trainer = Trainer(spec, run_dir, stop_after=args.stop_after)
+        trainer = Trainer(checked, run_dir, stop_after=args.stop_after)
     say = print if trainer.main else (lambda *_: None)  # one report, not one per process
     say(f"run {spec.name} -> {run_dir}")
     try:
@@ -262,28 +234,54 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("items", nargs="+", metavar="GRAPH|key=value")
     pl.set_defaults(func=cmd_plan)
 
-    ls = sub.add_parser("list", help="list registered nets, ops and losses")
-    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses"])
+    ls = sub.add_parser("list", help="list registered nets, ops, losses and datasets")
+    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses", "datasets"])
     ls.add_argument("--markdown", action="store_true", help="the reference documentation as Markdown")
     ls.add_argument("-o", "--output", help="with --markdown: write to this file")
     ls.set_defaults(func=cmd_list)
 
-    for register in _extra_commands():
-        register(sub)
+    draw.register_cli(sub)
+    plot.register_cli(sub)
+    _register_export(sub)
+    sweep.register_cli(sub)
+    report.register_cli(sub)
+    _register_profile(sub)
     return p
 
 
-def _extra_commands() -> list[Any]:
-    """Commands that live in their own modules (draw, plot, export), when present."""
-    found = []
-    for module_name in ("draw", "plot", "export", "sweep", "report", "profile"):
-        try:
-            module = __import__(f"kdgraph.{module_name}", fromlist=["register_cli"])
-        except ImportError:
-            continue
-        if hasattr(module, "register_cli"):
-            found.append(module.register_cli)
-    return found
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import cmd_export as export
+
+    return export(args)
+
+
+def _register_export(sub: Any) -> None:
+    """``kdgraph export RUN_DIR -o model.pt`` (declared here: the export module imports torch)."""
+    p = sub.add_parser("export", help="export the deployed slice of a finished run as a standalone module")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (with final.pt)")
+    p.add_argument("-o", "--output", metavar="OUT.pt", help="output file (default RUN_DIR/model.pt)")
+    p.add_argument("--port", help="export this port instead of the graph's deploy port")
+    p.add_argument("--no-torchscript", action="store_true", help="do not write the traced OUT.ts")
+    p.add_argument("--check", action="store_true", help="evaluate the export on the run's test split and compare")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import cmd_profile as profile
+
+    return profile(args)
+
+
+def _register_profile(sub: Any) -> None:
+    """``kdgraph profile GRAPH`` (declared here: the profile module imports torch)."""
+    p = sub.add_parser("profile", help="time per node, loss, backward and optimizer; memory; images/s")
+    p.add_argument("items", nargs="+", metavar="GRAPH|key=value", help="graph file and overrides")
+    p.add_argument("--steps", type=int, default=10, help="timed steps of each kind (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--stage", help="the stage to profile (default: the last)")
+    p.add_argument("--format", choices=["text", "markdown"], default="text")
+    p.add_argument("-o", "--output", help="write the table to this file")
+    p.set_defaults(func=cmd_profile)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.lines():
             print(line, file=sys.stderr)
         return getattr(e, "exit_code", 2)
+    except BrokenPipeError:  # `kdgraph list | head`: the reader is gone, which is no error (before OSError: a subclass)
+        _silence_stdout()
+        return 0
     except OSError as e:  # the environment, not the graph: a full disk, a read-only or missing folder
         where = f"{e.filename}: " if e.filename else ""
         print(f"kdgraph: {where}{e.strerror or e}", file=sys.stderr)
@@ -307,9 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `kdgraph list | head`
-        sys.stderr.close()
-        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit raises no second BrokenPipeError."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

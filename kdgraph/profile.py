@@ -133,8 +133,8 @@ def profile_graph(
     path: str | Path, overrides: list[str] | None = None, steps: int = 10, warmup: int = 3, stage: str | None = None
 ) -> Profile:
     """Time every part of one training step of `stage` (default: the last) on the current device."""
+    from .check import check_graph
     from .errors import SpecError
-    from .graph import check_graph
     from .train import build_optimizer
 
     spec, graph = check_graph(path, overrides)  # the dry run's graph: it knows which parameters no loss reaches
@@ -291,12 +291,12 @@ def markdown(prof: Profile) -> str:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from .args import split_args
     from .errors import SpecError
 
-    files = [i for i in args.items if "=" not in i and not i.startswith(("~", "+"))]
+    files, overrides = split_args(args.items)
     if len(files) != 1:
         raise SpecError("profile takes one graph file (and key=value overrides)")
-    overrides = [i for i in args.items if i not in files]
     prof = profile_graph(files[0], overrides, args.steps, args.warmup, args.stage)
     out = (markdown if args.format == "markdown" else text)(prof)
     if args.output:
@@ -305,15 +305,3 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         print(out, end="")
     return 0
-
-
-def register_cli(sub: Any) -> None:
-    """Add `kdgraph profile` to the CLI."""
-    p = sub.add_parser("profile", help="time per node, loss, backward and optimizer; memory; images/s")
-    p.add_argument("items", nargs="+", metavar="GRAPH|key=value", help="graph file and overrides")
-    p.add_argument("--steps", type=int, default=10, help="timed steps of each kind (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--stage", help="the stage to profile (default: the last)")
-    p.add_argument("--format", choices=["text", "markdown"], default="text")
-    p.add_argument("-o", "--output", help="write the table to this file")
-    p.set_defaults(func=cmd_profile)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .args import split_args
 from .errors import RunError, SpecError
 
 MANIFEST = "sweep.json"
@@ -362,8 +363,7 @@ def run_sweep(
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    files = [i for i in args.items if "=" not in i and not i.startswith(("~", "+"))]
-    items = [i for i in args.items if i not in files]
+    files, items = split_args(args.items)
     if len(files) != 1:
         raise SpecError("sweep takes one graph file (then key=value or key=v1,v2 items)")
     cluster = {

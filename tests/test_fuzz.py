@@ -19,8 +19,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kdgraph.check import check_graph
 from kdgraph.errors import KDGraphError
-from kdgraph.graph import check_graph
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = sorted((REPO / "graphs").rglob("*.yaml")) + [REPO / "tests" / "bad_graphs" / "32_override_unknown_key.yaml"]
