@@ -113,6 +113,7 @@ def find_runs(paths: list[str | Path]) -> list[RunResult]:
         elif (path / "run.json").is_file():
             runs.append(read_run(path))
         else:
+            # runs/cache holds the dependencies (teachers) that runs trained first, not results
             found = sorted({p.parent for p in path.glob("**/run.json") if "cache" not in p.relative_to(path).parts})
             runs += [read_run(d) for d in found]
         if len(runs) == before:

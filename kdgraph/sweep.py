@@ -199,7 +199,9 @@ def open_sweep(sweep: Sweep, out: str | Path | None) -> Path:
     elif root.exists() and any(root.iterdir()):
         raise RunError(f"{root} exists, is not empty and holds no {MANIFEST}; choose another --out")
     root.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(sweep.to_json(), indent=2) + "\n")
+    tmp = manifest.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(sweep.to_json(), indent=2) + "\n")
+    os.replace(tmp, manifest)  # a sweep killed while writing keeps its previous manifest
     return root
 
 
@@ -293,13 +295,13 @@ def run_parallel(root: Path, sweep: Sweep, jobs: list[Job], gpus: list[str], say
                         results[job.dir] = proc.returncode
                         del running[gpu]
                         say(f"{job.dir}: {_outcome(proc.returncode)}")
-                        if proc.returncode in INTERRUPTED:
+                        if proc.returncode in INTERRUPTED or proc.returncode == BAD_INPUT:
                             pending.clear()
                 try:
                     time.sleep(0.5)
                 except KeyboardInterrupt:  # Ctrl-C reached the runs too: they checkpoint and stop
                     pending.clear()
-            if any(rc in INTERRUPTED for rc in results.values()):
+            if any(rc in INTERRUPTED or rc == BAD_INPUT for rc in results.values()):
                 break
     return results
 
