@@ -49,12 +49,15 @@ def _count(n: int) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .check import check_graph
     from .export import deployed_parameter_count, deployed_parts
+    from .memory import memory_table
+    from .train.cache import cache_plan_lines
 
     files, overrides = split_args(args.items)
     if len(files) != 1:
         raise SpecError("plan takes one graph file")
     spec, graph = check_graph(files[0], overrides, dry=False)
     plan = graph.plan
+    memory = {m.stage: m for m in _memory(spec, graph, args.batch)} if args.memory else {}
     print(f"{spec.name}: {spec.title}")
     for stage in plan.stages:
         stage_spec = spec.stages[stage.index]
@@ -82,11 +85,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"  fits: {', '.join(stage.fit)}")
         print(f"  param groups: {', '.join(stage.trainable) or 'none'} (one per node)")
         print(f"  evaluates: {', '.join(stage.eval_ports) or 'nothing'}")
+        for line in cache_plan_lines(spec, graph, stage, getattr(graph.data_info, "num_train", None)):
+            print(line)
+        if stage.name in memory:
+            print("\n".join(memory_table(memory[stage.name])))
     if plan.deploy:
         count = deployed_parameter_count(graph)  # a `call` op's copied submodule, not its whole node
         parts = deployed_parts(graph)
         print(f"\ndeploy {plan.deploy}: nodes {', '.join(parts)}; {count:,} deployed parameters")
     return 0
+
+
+def _memory(spec, graph, batch: int | None) -> list:
+    """The memory estimate per stage, or nothing (with the reason) when the graph cannot run on fake tensors."""
+    from .memory import estimate_memory
+
+    try:
+        return estimate_memory(spec, graph.data_info, batch)
+    except Exception as e:  # an op without a fake-tensor kernel, a loss that reads values: no estimate, said so
+        print(f"(no memory estimate: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return []
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -232,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="show the execution plan of each stage")
     pl.add_argument("items", nargs="+", metavar="GRAPH|key=value")
+    pl.add_argument("--batch", type=int, help="batch size of the memory estimate (default: data.batch_size)")
+    pl.add_argument(
+        "--no-memory", dest="memory", action="store_false", help="skip the memory estimate (a step on fake tensors)"
+    )
     pl.set_defaults(func=cmd_plan)
 
     ls = sub.add_parser("list", help="list registered nets, ops, losses and datasets")
@@ -293,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, where it is handled, not at exit
+        return code
     except KDGraphError as e:
         for line in e.lines():
             print(line, file=sys.stderr)

@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from .memory import MB, peak_memory_mb
+from .memory import estimate_memory
+from .peak_memory import MB, peak_memory_mb
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Part:
     name: str
     what: str = ""  # 'net resnet8x4', 'loss kd'
     times: list[float] = field(default_factory=list)  # seconds, one per timed step
-    out_mb: float | None = None  # size of the ports a node produces
+    out_mb: float | None = None  # activations a node's forward leaves alive (kdgraph.memory's estimate)
     peak_mb: float | None = None  # CUDA: allocator peak while it runs, above the memory before it
 
     @property
@@ -119,16 +120,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _tensor_mb(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size() / MB
-    if isinstance(value, (list, tuple)):
-        return sum(_tensor_mb(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_tensor_mb(v) for v in value.values())
-    return 0.0
-
-
 def profile_graph(
     path: str | Path, overrides: list[str] | None = None, steps: int = 10, warmup: int = 3, stage: str | None = None
 ) -> Profile:
@@ -156,15 +147,17 @@ def profile_graph(
     # the training precision, as the Trainer's Accelerator applies it: autocast around the forward
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"])
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    with autocast:
-        ops = graph.train_program(device.type)
     parts: dict[str, Part] = {}
-    for _run, _weight, step in ops:
+    for step in plan.program:
         node = spec.nodes.get(step.name) if step.kind == "node" else None
         what = f"{node.kind} {node.type}" if node else f"loss {spec.edge(step.name).loss}"
         parts[f"{step.kind}:{step.name}"] = Part(step.kind, step.name, what)
     parts["backward"] = Part("backward", "backward")
     parts["optimizer"] = Part("optimizer", "optimizer step")
+    # activations per node, estimated on fake tensors (the same on every device)
+    estimate = next((m for m in estimate_memory(spec, info, batch) if m.stage == plan.name), None)
+    for n in estimate.nodes if estimate else []:
+        parts[f"node:{n.name}"].out_mb = max(n.activations, 0) / MB
     clock = _Clock(device)
 
     def real_step() -> float:
@@ -180,28 +173,25 @@ def profile_graph(
         return time.perf_counter() - t0
 
     def timed_step(first: bool) -> None:
-        """One step walked part by part; `first` also measures each node's memory."""
-        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
-        total = None
-        for run, weight, step in ops:
-            key = f"{step.kind}:{step.name}"
-            if first and device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-            before = set(values)
-            clock.start(key)
-            with autocast:
-                out = run(values)
-            if weight is not None:  # a loss: weighted and summed as forward does
-                term = out * weight
-                total = term if total is None else total + term
+        """One step, each node and loss timed through forward's observer; `first` measures CUDA memory."""
+        base: dict[str, int] = {}
+
+        def observe(kind: str, name: str, before: bool) -> None:
+            key = f"{kind}:{name}"
+            if before:
+                if first and device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                    base[key] = torch.cuda.memory_allocated(device)
+                clock.start(key)
+                return
             clock.stop()
-            if first and step.kind == "node":
-                parts[key].out_mb = sum(_tensor_mb(values[k]) for k in set(values) - before)
-                if device.type == "cuda":
-                    parts[key].peak_mb = (torch.cuda.max_memory_allocated(device) - base) / MB
+            if first and device.type == "cuda" and kind == "node":
+                parts[key].peak_mb = (torch.cuda.max_memory_allocated(device) - base[key]) / MB
+
+        with autocast:
+            total, _losses = graph(image, label, index, observe=observe)
         clock.start("backward")
-        if total is not None and total.requires_grad:
+        if total.requires_grad:
             total.backward()
         clock.stop()
         clock.start("optimizer")
@@ -248,14 +238,14 @@ def _rows(prof: Profile) -> list[list[str]]:
                 p.what,
                 f"{p.ms:.3f}",
                 f"{100 * p.ms / total:.1f}%",
-                "-" if p.out_mb is None else f"{1024 * p.out_mb:.1f}",
+                "-" if p.out_mb is None else f"{p.out_mb:.2f}",
                 "-" if p.peak_mb is None else f"{p.peak_mb:.1f}",
             ]
         )
     return rows
 
 
-HEAD = ["part", "what", "ms/step", "share", "out KiB", "peak MiB"]
+HEAD = ["part", "what", "ms/step", "share", "act. MiB (est.)", "peak MiB"]
 
 
 def _summary(prof: Profile) -> list[str]:

@@ -41,7 +41,7 @@ def test_profile_markdown_and_an_unknown_stage(capsys: pytest.CaptureFixture[str
     argv = ["profile", str(GRAPHS / "kd.yaml"), *SMOKE, *small, "--steps", "1", "--warmup", "0"]
     assert main([*argv, "--format", "markdown"]) == 0
     out = capsys.readouterr().out
-    assert "| part | what | ms/step | share | out KiB | peak MiB |" in out
+    assert "| part | what | ms/step | share | act. MiB (est.) | peak MiB |" in out
     assert "| forward student | net resnet8x4 |" in out
     assert main([*argv, "--stage", "nope"]) == 2
     assert "no stage 'nope'" in capsys.readouterr().err
