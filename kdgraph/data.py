@@ -24,7 +24,7 @@ handwritten digits, no download), ``synthetic`` (learnable class prototypes plus
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ class Batch:
     label: torch.Tensor
     index: torch.Tensor
     variant: torch.Tensor | None = None  # each sample's crop/flip as one number (the output cache's key)
+    views: dict[str, torch.Tensor] = field(default_factory=dict)  # named views of the same samples
 
 
 def pad_of(image_size: int) -> int:
@@ -154,8 +155,10 @@ class TensorLoader:
         world: int = 1,
         limit_batches: int | None = None,
         drop_last: bool | None = None,
+        views: dict[str, Any] | None = None,
     ):
         self.split = split
+        self.views = views or {}  # name -> kdgraph.augment.ViewPipeline, drawn on training epochs only
         self.batch_size, self.normalizer, self.device = batch_size, normalizer, device
         self.train, self.augment, self.seed, self.rank, self.world = train, augment, seed, rank, world
         self.pad = pad_of(split.images.shape[-1])
@@ -185,16 +188,23 @@ class TensorLoader:
         augment = self.train and self.augment
         if augment:
             oy, ox, flip = d.oy.to(where), d.ox.to(where), d.flip.to(where)
+        views = self.views if self.train else {}
+        view_draws = {v: p.to(p.draws(len(self.split), self.seed, stage, epoch), where) for v, p in views.items()}
         for b in range(start, self.num_batches):
             idx = _shard(order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world)
-            images = self.split.images[idx]
+            raw = images = self.split.images[idx]
             variant = None
             if augment:
                 images = crop_flip(images, oy[idx], ox[idx], flip[idx], self.pad)
                 variant = variant_ids(oy[idx], ox[idx], flip[idx], self.pad).to(self.device, non_blocking=True)
             images = images.to(self.device, non_blocking=True)
             labels = self.split.labels[idx].to(self.device, non_blocking=True)
-            yield Batch(self.normalizer(images), labels, idx.to(self.device, non_blocking=True), variant)
+            shown = {}
+            if views:  # every view from the same samples' raw pixels
+                host_idx = _shard(d.order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world)
+                for v, p in views.items():
+                    shown[v] = self.normalizer(p.apply(raw, idx, host_idx, view_draws[v]).to(self.device))
+            yield Batch(self.normalizer(images), labels, idx.to(self.device, non_blocking=True), variant, shown)
 
 
 # ----------------------------------------------------------------------------- the torchvision loader
@@ -335,8 +345,11 @@ def make_loaders(
     device: torch.device,
     rank: int = 0,
     world: int = 1,
+    views: dict[str, Any] | None = None,
 ) -> tuple[Loader, Loader, Loader]:
     """(train, fit, test) loaders of the kind `data.loader` names, for this process of `world`.
+
+    `views`: named views' pipelines (``kdgraph.augment.make_views``), drawn by the train loader only.
 
     The train loader normalises in bfloat16 when `train.precision` is bf16 on the device loader (the
     network runs under autocast anyway); the fit and test loaders stay in float32 (fits accumulate
@@ -351,6 +364,8 @@ def make_loaders(
     common = dict(rank=rank, world=world, seed=int(train_cfg.get("seed", 0)))
     limit, limit_eval = train_cfg.get("limit_batches"), train_cfg.get("limit_eval_batches")
     augment = bool(data_cfg.get("augment", True))
+    if kind == "torchvision" and views:
+        raise DataError("data.views need the tensor loaders: set data.loader: host or device")
     if kind == "torchvision":
         tv = dict(workers=int(data_cfg.get("workers", 0) or 0), channels_last=channels_last, **common)
         mean, std = dataset.mean, dataset.std
@@ -379,7 +394,9 @@ def make_loaders(
     norm = Normalizer(dataset.mean, dataset.std, device, train_dtype, channels_last)
     norm32 = Normalizer(dataset.mean, dataset.std, device, torch.float32, channels_last)
     return (
-        TensorLoader(train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, **common),
+        TensorLoader(
+            train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, views=views, **common
+        ),
         TensorLoader(
             train_split, eval_batch, norm32, device, train=False, augment=False, limit_batches=limit, **common
         ),

@@ -223,7 +223,7 @@ class DeployedModel(nn.Module):
         self._program = graph.bind(program, False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        values: dict[str, Any] = {"data.image": image, "data.label": None, "data.index": None}
+        values = self.graph.data_values(image)
         self.graph.walk(self._program, values)
         return values[self.port]
 
@@ -251,6 +251,9 @@ def _slice_document(doc: dict, port: str) -> tuple[dict, dict[str, str]]:
         "deploy": port,
         "train": {"epochs": 0, "eval": [port]},  # nothing to train: a graph of the deployed computation only
     }
+    views = (doc.get("data") or {}).get("views")
+    if views:  # nodes may read data.<view>.image: the deployed module feeds them its one image
+        sliced["data"] = {"views": copy.deepcopy(views)}
     return sliced, outside
 
 

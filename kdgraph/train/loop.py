@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .. import checkpoint as ckpt
+from ..augment import make_views
 from ..check import CheckedGraph, check_spec
 from ..data import Dataset, Loader, load_dataset, make_loaders
 from ..errors import DataError, RunError
@@ -147,7 +148,10 @@ class Trainer(RunFiles, InitActions):
 
     def _loaders(self, train_cfg: dict[str, Any]) -> tuple[Loader, Loader, Loader]:
         acc = self.accelerator
-        return make_loaders(self.dataset, self.spec.data, train_cfg, self.device, acc.process_index, acc.num_processes)
+        views = make_views(self.spec.data.get("views"), self.dataset.image_size, self.dataset.mean)
+        return make_loaders(
+            self.dataset, self.spec.data, train_cfg, self.device, acc.process_index, acc.num_processes, views
+        )
 
     @torch.no_grad()
     def evaluate(self, loader: Loader) -> dict[str, dict[str, float]]:
@@ -278,7 +282,7 @@ class Trainer(RunFiles, InitActions):
 
     def _train_step(self, run: StageRun, batch: Any, pos: Position) -> None:
         # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
-        total, losses = run.step.forward(batch.image, batch.label, batch.index, batch.variant)
+        total, losses = run.step.forward(batch.image, batch.label, batch.index, batch.variant, batch.views)
         if run.skip_nan and not _finite(total, losses):  # on_nan: skip must decide now: a read-back per step
             run.step.skip()
             self.log(f"  skipped step {pos.step + 1}: non-finite loss")

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import SpecError
 from ..plan import StagePlan
+from ..routes import routed_optimizer
 from ..spec import merge
 
 if TYPE_CHECKING:
@@ -71,5 +72,7 @@ def build_optimizer(graph: DistillGraph, stage: StagePlan, train_cfg: dict[str, 
     if not groups:
         empty = torch.zeros(0, device=device, requires_grad=True)  # on the device: fused kernels check it
         groups = [{"params": [empty], "name": "_empty", "lr": 0.0, "base_lr": 0.0}]
+    if base_cfg.get("routes"):  # DOT's per-route momenta (kdgraph/routes.py)
+        return routed_optimizer(groups, base_cfg)
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
     return cls(groups, lr=float(base_cfg["lr"]), **flags)
