@@ -1,4 +1,4 @@
-"""kdgraph run | validate | plan | list | draw | plot | export.
+"""kdgraph run | validate | plan | list | draw | plot | export | sweep | report | profile.
 
 Bad input is reported as plain lines on stderr (file:line: path: what (fix)) with exit status 2,
 never a traceback.
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import draw, plot
+from . import draw, plot, report, sweep
 from .args import split_args
 from .errors import KDGraphError, SpecError
 from .last_resort import positive_int, unexpected_error_line
@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     draw.register_cli(sub)
     plot.register_cli(sub)
     _register_export(sub)
+    sweep.register_cli(sub)
+    report.register_cli(sub)
+    _register_profile(sub)
     return p
 
 
@@ -317,6 +320,24 @@ def _register_export(sub: Any) -> None:
     p.add_argument("--no-torchscript", action="store_true", help="do not write the traced OUT.ts")
     p.add_argument("--check", action="store_true", help="evaluate the export on the run's test split and compare")
     p.set_defaults(func=cmd_export)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import cmd_profile as profile
+
+    return profile(args)
+
+
+def _register_profile(sub: Any) -> None:
+    """``kdgraph profile GRAPH`` (declared here: the profile module imports torch)."""
+    p = sub.add_parser("profile", help="time per node, loss, backward and optimizer; memory; images/s")
+    p.add_argument("items", nargs="+", metavar="GRAPH|key=value", help="graph file and overrides")
+    p.add_argument("--steps", type=int, default=10, help="timed steps of each kind (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--stage", help="the stage to profile (default: the last)")
+    p.add_argument("--format", choices=["text", "markdown"], default="text")
+    p.add_argument("-o", "--output", help="write the table to this file")
+    p.set_defaults(func=cmd_profile)
 
 
 def main(argv: list[str] | None = None) -> int:
