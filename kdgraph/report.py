@@ -205,7 +205,8 @@ def table(runs: list[RunResult]) -> list[dict[str, Any]]:
                 Stat([r.best[port] for r in with_port]),
                 Stat([r.last[port] for r in with_port if port in r.last]),
             )
-            pub = entry if port == deploy else None
+            # an entry whose top1 is null says the source reports no number for this pair: nothing to compare
+            pub = entry if port == deploy and entry and entry.get("top1") is not None else None
             dataset = (spec.get("data") or {}).get("dataset")
             overridden = any(o.lstrip("+").startswith("data.dataset=") for o in (done or group)[0].overrides)
             elsewhere = pub and (pub.get("dataset", dataset) != dataset or (overridden and not pub.get("dataset")))

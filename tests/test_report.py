@@ -164,3 +164,10 @@ def test_plot_draws_a_band_over_seeds(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path / "runs"), "--plot", str(tmp_path / "bands.svg")]) == 0
     svg = (tmp_path / "bands.svg").read_text()
     assert svg.count("<path") > 4 and "(n=3)" in svg
+
+
+def test_a_published_entry_without_a_number_is_no_comparison(tmp_path: Path) -> None:
+    spec = {**SPEC, "published": {"top1": None, "source": "ATS (arXiv:2210.04427)", "note": "no number"}}
+    write_run(tmp_path / "r" / "s0", ["train.seed=0"], curve([70, 72]), spec=spec)
+    (row,) = [r for r in table(find_runs([tmp_path / "r"])) if r["port"] == "student.logits"]
+    assert row["published"] is None and row["delta_best"] is None and row["best_top1"]["mean"] == 72
