@@ -29,11 +29,18 @@ def _split_args(items: list[str]) -> tuple[list[str], list[str]]:
     return files, overrides
 
 
+def _with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """`--preset NAME` is the override `preset=NAME` placed first, so the other overrides win (presets.py)."""
+    preset = getattr(args, "preset", None)
+    return ([f"preset={preset}"] if preset else []) + overrides
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .graph import check_graph
     from .spec import dump_resolved
 
     files, overrides = _split_args(args.items)
+    overrides = _with_preset(args, overrides)
     if not files:
         raise SpecError("name at least one graph file")
     failed: list[str] = []
@@ -62,6 +69,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .graph import check_graph
 
     files, overrides = _split_args(args.items)
+    overrides = _with_preset(args, overrides)
     if len(files) != 1:
         raise SpecError("plan takes one graph file")
     spec, graph = check_graph(files[0], overrides, dry=False)
@@ -182,8 +190,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     files, overrides = _split_args(args.items)
     if args.resume:
-        if files or overrides:
-            raise SpecError("--resume RUN_DIR takes no graph file or overrides: they are read from the run")
+        if files or overrides or args.preset:
+            raise SpecError("--resume RUN_DIR takes no graph file, overrides or preset: they are read from the run")
         import json
 
         run_dir = Path(args.resume)
@@ -201,6 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         if len(files) != 1:
             raise SpecError("run takes one graph file (and key=value overrides)")
+        overrides = _with_preset(args, overrides)
         spec, _ = check_graph(files[0], overrides)  # every problem before any directory is made
         created = not (args.out and Path(args.out).exists())
         run_dir = new_run_dir(spec, args.out, args.force)

@@ -21,6 +21,7 @@ import yaml
 
 from . import expr
 from .errors import PlanError, Problem, SpecError, did_you_mean
+from .presets import apply_named_preset
 from .registry import LOSSES, NETS, OPS, Entry, RegistryError, load_builtins
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "graph.schema.json"
@@ -156,6 +157,9 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             problems.append(
                 Problem(format_path(path), f"{where}: value is not valid YAML", file="<command line>", hint="quote it")
             )
+            continue
+        if path == ("preset",) and mode == "set":  # `--preset NAME`: a whole small-run rewrite, see presets.py
+            problems += apply_named_preset(doc, value, locator.default_file)
             continue
         parent: Any = doc
         ok = True

@@ -346,7 +346,8 @@ class Trainer:
     def _train_dependency(self, rel: str) -> dict[str, Any]:
         """Train another graph file first, or reuse its cached final weights (keyed by its spec hash)."""
         path = self.spec.base_dir / rel
-        data_overrides = [o for o in self.spec.overrides if o.lstrip("+~").startswith("data.")]
+        # the parent's data and preset reach the dependency (a teacher trained on the data it will teach)
+        data_overrides = [o for o in self.spec.overrides if o.lstrip("+~").startswith(("data.", "preset="))]
         child = load_spec(path, data_overrides + self.init_overrides)
         folder = cache_root() / f"{child.name}-{child.hash()}"
         final = folder / "final.pt"
