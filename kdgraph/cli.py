@@ -146,25 +146,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         registry = REGISTRIES[kind]
         print(f"{kind} ({len(registry.names())}):")
         width = max((len(n) for n in registry.names()), default=0)
+        infos = _net_infos(registry.entries()) if kind == "nets" else {}
         for entry in registry.entries():
-            extra = _net_details(entry) if kind == "nets" else ""
+            extra = _net_details(infos[entry.name]) if kind == "nets" else ""
             print(f"  {entry.name.ljust(width)}  {entry.description}{extra}")
     return 0
 
 
-def _net_details(entry) -> str:
-    import torch
+def _net_infos(entries: list) -> dict:
+    from .netinfo import net_infos  # counts cached per source file: no 80 torchvision builds per call
 
-    from .nets.base import PortNet
+    return net_infos(entries)
 
-    try:
-        with torch.device("meta"):
-            net = entry.obj(**({"num_classes": 100} if "num_classes" in entry.parameters() else {}))
-    except Exception as e:  # a net that cannot be built with defaults: say so, keep listing
-        return f"  [cannot build with defaults: {e}]"
-    count = sum(p.numel() for p in net.parameters())
-    ports = list(net.port_info()) if isinstance(net, PortNet) else ["logits"]
-    return f"  [{count:,} params; ports {_compact_ports(ports)}]"
+
+def _net_details(info: dict) -> str:
+    if "error" in info:
+        return f"  [cannot build with defaults: {info['error']}]"
+    return f"  [{info['params']:,} params; ports {_compact_ports(info['ports'])}]"
 
 
 def _compact_ports(ports: list[str]) -> str:
@@ -184,6 +182,7 @@ def _compact_ports(ports: list[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .console import Console
     from .graph import check_graph
     from .spec import load_spec
     from .train import Trainer, new_run_dir
@@ -204,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (ValueError, KeyError, TypeError) as e:
             raise RunError(f"{info_path} is unreadable ({e}); start a new run instead") from None
         spec = load_spec(source, saved)
-        trainer = Trainer(spec, run_dir, resume=True, stop_after=args.stop_after)
+        trainer = Trainer(spec, run_dir, log=Console(quiet=args.quiet), resume=True, stop_after=args.stop_after)
         created = False
     else:
         if len(files) != 1:
@@ -213,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec, _ = check_graph(files[0], overrides)  # every problem before any directory is made
         created = not (args.out and Path(args.out).exists())
         run_dir = new_run_dir(spec, args.out, args.force)
-        trainer = Trainer(spec, run_dir, stop_after=args.stop_after)
+        trainer = Trainer(spec, run_dir, log=Console(quiet=args.quiet), stop_after=args.stop_after)
     say = print if trainer.main else (lambda *_: None)  # one report, not one per process
     say(f"run {spec.name} -> {run_dir}")
     try:
@@ -249,43 +248,142 @@ def _discard_unstarted(run_dir: Path) -> None:
         pass
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kdgraph", description="Declarative graph-of-networks knowledge distillation.")
-    sub = p.add_subparsers(dest="command", required=True)
+OVERRIDES_HELP = """\
+overrides (after the graph file, any number; values are YAML):
+  key=value     set a key that exists (or has a default)     train.epochs=2  nodes.student.net=vgg8
+  +key=value    add a key that does not exist yet            +nodes.student.dropout=0.1
+  ++key=value   add or replace                               ++train.precision=bf16
+  ~key          remove a key                                 ~train.lr_schedule.milestones
+  lists and mappings in YAML flow style, quoted for the shell: 'train.lr_schedule.milestones=[3, 6]'
+  a typo in a key is an error with a did-you-mean, never a new key
 
-    run = sub.add_parser("run", help="train a graph file (or resume a run)")
-    run.add_argument("items", nargs="*", metavar="GRAPH|key=value", help="graph file and overrides")
-    run.add_argument("--out", help="run directory (default runs/<name>/<time>)")
-    run.add_argument("--force", action="store_true", help="overwrite a non-empty --out directory")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
-    run.add_argument("--stop-after", type=int, metavar="STEPS", help="pause resumably after STEPS steps in total")
+example:
+  kdgraph run graphs/kd.yaml --preset digits train.epochs=3 'nodes.teacher.init={from: teachers/resnet32x4.yaml}'
+"""
+
+GRAPH_ITEMS = "graph file (.yaml), then overrides: key=value, +key=value, ++key=value, ~key (see below)"
+PRESET_HELP = (
+    "apply a preset first (graphs/presets/NAME.yaml or a .yaml path), e.g. digits: the graph's topology "
+    "on the bundled digits with small nets in the same roles; the overrides after it win"
+)
+
+
+def _lazy(module: str, function: str) -> Any:
+    """A command handler imported only when the command runs (`--help` imports neither torch nor accelerate)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(f"kdgraph.{module}"), function)(args)
+
+    return handler
+
+
+def _command(sub: Any, name: str, help_text: str, **kw: Any) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter, **kw,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="kdgraph",
+        description="Declarative graph-of-networks knowledge distillation: a method is a YAML graph of networks, "
+        "operations and losses; kdgraph validates, plans, trains, draws and exports it.",
+        epilog="first run: kdgraph run graphs/quickstart.yaml   (KD on the bundled digits, about a minute on a CPU)\n"
+        "any method small: kdgraph run graphs/slkd.yaml --preset digits\n"
+        "help on a command: kdgraph COMMAND --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"kdgraph {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = _command(sub, "run", "train a graph file (or resume a run)", epilog=OVERRIDES_HELP)
+    run.add_argument("items", nargs="*", metavar="GRAPH|key=value", help=GRAPH_ITEMS)
+    run.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
+    run.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>/<time>)")
+    run.add_argument("--force", action="store_true", help="empty a non-empty --out run directory first")
+    run.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue an interrupted or paused run exactly where it stopped (same weights, optimizer, data order, "
+        "RNG); takes no graph file, overrides or preset: they are read from RUN_DIR/run.json",
+    )
+    run.add_argument(
+        "--stop-after", type=int, metavar="STEPS",
+        help="pause after STEPS optimizer steps in total (all stages), writing a checkpoint; exit 0; "
+        "continue with --resume",
+    )
+    run.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines; errors and the result only"
+    )
     run.set_defaults(func=cmd_run)
 
-    val = sub.add_parser("validate", help="schema, meaning and a dry run on a tiny batch")
-    val.add_argument("items", nargs="+", metavar="GRAPH|key=value")
+    val = _command(sub, "validate", "schema, meaning checks and a shape-checking dry run on a tiny batch",
+                   epilog=OVERRIDES_HELP)
+    val.add_argument("items", nargs="+", metavar="GRAPH|key=value", help="one or more graph files, then overrides "
+                     "applied to each: key=value, +key=value, ++key=value, ~key (see below)")
+    val.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
     val.add_argument("--resolved", action="store_true", help="print the resolved graph (vars, overrides, extends)")
     val.add_argument("--no-dry-run", action="store_true", help="skip the shape-checking dry run")
     val.set_defaults(func=cmd_validate)
 
-    pl = sub.add_parser("plan", help="show the execution plan of each stage")
-    pl.add_argument("items", nargs="+", metavar="GRAPH|key=value")
+    pl = _command(sub, "plan", "show the execution plan of each stage (order, no_grad, parameters, frees)",
+                  epilog=OVERRIDES_HELP)
+    pl.add_argument("items", nargs="+", metavar="GRAPH|key=value", help=GRAPH_ITEMS)
+    pl.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
     pl.set_defaults(func=cmd_plan)
 
-    ls = sub.add_parser("list", help="list registered nets, ops and losses")
-    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses"])
+    ls = _command(sub, "list", "list the registered nets, ops and losses")
+    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses"], help="one registry only (default: all)")
     ls.add_argument("--markdown", action="store_true", help="the reference documentation as Markdown")
-    ls.add_argument("-o", "--output", help="with --markdown: write to this file")
+    ls.add_argument("-o", "--output", metavar="FILE", help="with --markdown: write to FILE instead of printing")
     ls.set_defaults(func=cmd_list)
+
+    dr = _command(sub, "draw", "draw a graph file or a run as a diagram (SVG, PNG, PDF, DOT, Mermaid)",
+                  epilog=OVERRIDES_HELP)
+    dr.add_argument("items", nargs="+", metavar="GRAPH|RUN_DIR|key=value",
+                    help="a graph file (then overrides) or a run directory (drawn with its final losses and "
+                    "accuracies)")
+    dr.add_argument("-o", "--output", metavar="FILE", help="output file; the format follows the suffix: .svg .png .pdf "
+                    "(Graphviz), .dot, .mmd (Mermaid, no dependency)")
+    dr.add_argument("--format", choices=["dot", "mmd"], help="print the DOT or Mermaid source instead of a file")
+    dr.add_argument("--stage", metavar="NAME", help="draw one stage only")
+    dr.add_argument("--direction", choices=["LR", "TB", "RL", "BT"], default="LR", help="layout direction (default LR)")
+    dr.add_argument("--no-legend", action="store_true", help="leave the legend out")
+    dr.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
+    dr.set_defaults(func=_lazy("draw", "cmd_draw"))
+
+    pt = _command(sub, "plot", "plot loss, lr and top-1 curves of one or more runs (needs matplotlib)")
+    pt.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several are overlaid")
+    pt.add_argument("-o", "--output", required=True, metavar="FILE", help="image file: .png, .svg or .pdf")
+    pt.add_argument("--x", choices=["step", "epoch"], default="step", help="x axis (default: optimizer steps)")
+    pt.add_argument("--label", action="append", help="legend name of each run, in order (repeat per run)")
+    pt.add_argument("--logy", action="store_true", help="log scale for the loss panels")
+    pt.set_defaults(func=_lazy("plot", "cmd_plot"))
+
+    ex = _command(sub, "export", "export the deployed slice of a finished run as one standalone module")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (with final.pt)")
+    ex.add_argument("-o", "--output", metavar="OUT.pt", help="output file (default RUN_DIR/model.pt)")
+    ex.add_argument("--port", help="export this port instead of the graph's deploy port")
+    ex.add_argument("--no-torchscript", action="store_true", help="do not write the traced OUT.ts")
+    ex.add_argument("--check", action="store_true", help="evaluate the export on the run's test split and compare")
+    ex.set_defaults(func=_lazy("export", "cmd_export"))
 
     for register in _extra_commands():
         register(sub)
     return p
 
 
+# modules of other commands that add themselves with register_cli(sub); imported only if present
+EXTRA_COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def _extra_commands() -> list[Any]:
-    """Commands that live in their own modules (draw, plot, export), when present."""
     found = []
-    for module_name in ("draw", "plot", "export"):
+    for module_name in EXTRA_COMMAND_MODULES:
         try:
             module = __import__(f"kdgraph.{module_name}", fromlist=["register_cli"])
         except ImportError:
@@ -309,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.lines():
             print(line, file=sys.stderr)
         return getattr(e, "exit_code", 2)
+    except BrokenPipeError:  # `kdgraph list | head`
+        sys.stderr.close()
+        return 0
     except OSError as e:  # the environment, not the graph: a full disk, a read-only or missing folder
         where = f"{e.filename}: " if e.filename else ""
         print(f"kdgraph: {where}{e.strerror or e}", file=sys.stderr)
@@ -316,9 +417,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `kdgraph list | head`
-        sys.stderr.close()
-        return 0
 
 
 if __name__ == "__main__":

@@ -740,9 +740,10 @@ def diagram_of(
 
 
 def cmd_draw(args: argparse.Namespace) -> int:
-    from .cli import _split_args
+    from .cli import _split_args, _with_preset
 
     files, overrides = _split_args(args.items)
+    overrides = _with_preset(args, overrides)
     if len(files) != 1:
         raise DrawError("draw takes one graph file or run directory (and key=value overrides)")
     if (args.output is None) == (args.format is None):
@@ -757,15 +758,3 @@ def cmd_draw(args: argparse.Namespace) -> int:
     render(d, out)
     print(f"wrote {out}")
     return 0
-
-
-def register_cli(sub: Any) -> None:
-    """Add `kdgraph draw` to the CLI."""
-    p = sub.add_parser("draw", help="draw a graph file or a run as a diagram (SVG, PNG, PDF, DOT, Mermaid)")
-    p.add_argument("items", nargs="+", metavar="GRAPH|RUN_DIR|key=value", help="graph file or run directory, overrides")
-    p.add_argument("-o", "--output", help="output file; the format follows the suffix: .svg .png .pdf .dot .mmd")
-    p.add_argument("--format", choices=["dot", "mmd"], help="print the DOT or Mermaid source instead of writing a file")
-    p.add_argument("--stage", help="draw one stage only")
-    p.add_argument("--direction", choices=["LR", "TB", "RL", "BT"], default="LR", help="layout direction (default LR)")
-    p.add_argument("--no-legend", action="store_true", help="leave the legend out")
-    p.set_defaults(func=cmd_draw)

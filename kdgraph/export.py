@@ -515,17 +515,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(sub: Any) -> None:
-    """Add ``kdgraph export RUN_DIR -o model.pt`` to the command line."""
-    p = sub.add_parser("export", help="export the deployed slice of a finished run as a standalone module")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (with final.pt)")
-    p.add_argument("-o", "--output", metavar="OUT.pt", help="output file (default RUN_DIR/model.pt)")
-    p.add_argument("--port", help="export this port instead of the graph's deploy port")
-    p.add_argument("--no-torchscript", action="store_true", help="do not write the traced OUT.ts")
-    p.add_argument("--check", action="store_true", help="evaluate the export on the run's test split and compare")
-    p.set_defaults(func=cmd_export)
-
-
 __all__ = [
     "DeployedModel",
     "Pruned",
@@ -538,6 +527,5 @@ __all__ = [
     "export_run",
     "load_exported",
     "prune",
-    "register_cli",
     "unused_leaves",
 ]

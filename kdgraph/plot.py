@@ -257,14 +257,3 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = plot_runs(args.runs, args.output, x=args.x, labels=args.label, logy=args.logy)
     print(f"wrote {out} ({len(args.runs)} run{'s' if len(args.runs) != 1 else ''})")
     return 0
-
-
-def register_cli(sub: Any) -> None:
-    """Add `kdgraph plot` to the CLI."""
-    p = sub.add_parser("plot", help="plot loss, lr and top-1 curves of one or more runs (matplotlib)")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several are overlaid")
-    p.add_argument("-o", "--output", required=True, help="image file: .png, .svg or .pdf")
-    p.add_argument("--x", choices=["step", "epoch"], default="step", help="x axis (default: optimizer steps)")
-    p.add_argument("--label", action="append", help="legend name of each run, in order (repeat per run)")
-    p.add_argument("--logy", action="store_true", help="log scale for the loss panels")
-    p.set_defaults(func=cmd_plot)

@@ -75,7 +75,8 @@ def load_preset(name: Any, graph_file: str | None) -> tuple[dict | None, list[Pr
         return None, [_problem(f"preset {path.name} must be a mapping (nets:, data:, train:, ...)")]
     unknown = sorted(set(preset) - set(PRESET_KEYS))
     if unknown:
-        return None, [_problem(f"preset {path.name}: unknown key(s) {', '.join(unknown)}", f"use {', '.join(PRESET_KEYS)}")]
+        what = f"preset {path.name}: unknown key(s) {', '.join(unknown)}"
+        return None, [_problem(what, f"use {', '.join(PRESET_KEYS)}")]
     return preset, []
 
 

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .cache import cache_root
+from .console import Console, as_console, plural
 from .data import Dataset, Loader, load_dataset, make_loaders
 from .errors import CheckpointError, DataError, RunError, SpecError
 from .graph import DataInfo, DistillGraph, dry_run
 from .plan import StagePlan
 from .spec import GraphSpec, dump_resolved, load_spec, merge
 from .step import LossMeter, TrainStep
-
-CACHE_ENV = "KDGRAPH_CACHE"
 
 
 class Interrupted(RunError):
@@ -127,10 +127,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.cwd() / "runs" / "cache"))
 
 
 RUN_FILES = ("run.json", "spec.yaml", "metrics.jsonl", "checkpoints", "summary.json", "final.pt")
@@ -252,8 +248,7 @@ class Trainer:
             self.accelerator = Accelerator(cpu=use_cpu(), mixed_precision=mp)
         self.device = self.accelerator.device
         self.main = self.accelerator.is_main_process
-        if not self.main:  # one process speaks for the run
-            self.log = _silent
+        self.log = as_console(self.log) if self.main else Console(quiet=True)  # one process speaks for the run
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.best: dict[str, float] = {}  # of the current stage
         self.last_eval: dict[str, dict[str, float]] = {}
@@ -358,7 +353,8 @@ class Trainer:
         resume = (folder / "checkpoints" / "latest.json").exists()  # an interrupted earlier attempt
         folder.mkdir(parents=True, exist_ok=True)
         Trainer(
-            child, folder, accelerator=self.accelerator, log=self.log, resume=resume, init_overrides=self.init_overrides
+            child, folder, accelerator=self.accelerator, log=self.log.nested(child.name), resume=resume,
+            init_overrides=self.init_overrides,
         ).run()
         return torch.load(final, map_location="cpu", weights_only=False)["graph"]
 
@@ -369,7 +365,7 @@ class Trainer:
         """Init actions, the snapshot of the stage's starting weights, and the data fits."""
         self.log(
             f"stage {stage_plan.name}: trains {', '.join(stage_plan.trainable) or 'nothing'}"
-            f" for {spec_stage.epochs} epochs"
+            f" for {plural(spec_stage.epochs, 'epoch')}"
         )
         if stage_plan.index == 0:
             for name, node in self.spec.nodes.items():
@@ -571,7 +567,6 @@ class Trainer:
             self._save(pos, optimizer, meter.state())
         skip_nan = cfg["on_nan"] == "skip"
         many = acc.num_processes > 1
-        bar = self._bar(len(train_loader) * (spec_stage.epochs - pos.epoch + 1) - pos.batch, stage.name)
         while pos.epoch <= spec_stage.epochs:
             epoch = pos.epoch
             for group in optimizer.param_groups:
@@ -580,6 +575,7 @@ class Trainer:
             weights = self.graph.loss_weights()
             meter.weights = [weights[n] for n in names]  # the NaN check recomputes the weighted total
             t_last, images = time.perf_counter(), 0
+            bar = self._bar(stage.name, epoch, spec_stage.epochs, train_loader, pos.batch)
             # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
             for batch in train_loader.epoch(epoch, stage.index, pos.batch):
                 total, losses = step.forward(batch.image, batch.label, batch.index)
@@ -593,8 +589,7 @@ class Trainer:
                 pos.batch += 1
                 pos.step += 1
                 images += len(batch.label) * acc.num_processes
-                if bar is not None:
-                    bar.update(1)
+                bar.update(len(batch.label) * acc.num_processes)
                 boundary = pos.step % log_every == 0 or pos.batch == len(train_loader)
                 due = boundary or pos.step % ckpt_every == 0
                 # several processes must agree on stopping: a signal is honoured at the next boundary
@@ -605,23 +600,22 @@ class Trainer:
                 if boundary:
                     means, _ = meter.read(acc)  # the one read-back (and cross-process mean) per window
                     now = time.perf_counter()
-                    self._log_train(stage, pos, names, means, optimizer, images / (now - t_last))
+                    loss = self._log_train(stage, pos, names, means, optimizer, images / (now - t_last))
+                    bar.show(loss, images / (now - t_last))
                     meter.start(pos.step + 1)
                     t_last, images = now, 0
                 if pos.step % ckpt_every == 0 or stop:
                     self._save(pos, optimizer, meter.state())
                 if stop:
-                    if bar is not None:
-                        bar.close()
+                    bar.close()
                     raise Interrupted(signum or None, self.run_dir, pos.step)
+            bar.close()
             if epoch % int(cfg["eval_every"]) == 0 or epoch == spec_stage.epochs:
                 result = self.evaluate(test_loader)
                 if result:
                     self._record_eval(stage, epoch, pos.step, result)
             pos.epoch, pos.batch = epoch + 1, 0
             self._save(pos, optimizer, meter.state())
-        if bar is not None:
-            bar.close()
         self.graph = acc.unwrap_model(model) if not cfg["compile"] else self.graph
         self.stage_results[stage.name] = {"final": self.last_eval, "best_top1": dict(self.best)}
         if len(self.plan.stages) > 1:  # every stage's end weights are kept; in memory only those an init uses
@@ -631,12 +625,12 @@ class Trainer:
             self._save_side("stage_ends", stage.name, end)
         acc.free_memory()
 
-    def _bar(self, total: int, name: str):
-        if not (self.main and self.spec.train["progress"]):
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=max(total, 0), desc=f"{self.spec.name}/{name}", leave=False, disable=None, dynamic_ncols=True)
+    def _bar(self, stage: str, epoch: int, epochs: int, loader: Loader, start: int):
+        """This epoch's progress (a bar on a terminal, plain lines otherwise; see console.py)."""
+        quiet = not (self.main and self.spec.train["progress"])
+        log = Console(quiet=True) if quiet else self.log
+        images = (len(loader) - start) * int(self.spec.data["batch_size"])  # the global batch
+        return log.epoch_bar(f"{self.spec.name}/{stage}", epoch, epochs, images)
 
     def _check_finite(self, first_bad: list[int], names: list[str], skip: bool) -> None:
         """Stop at the first NaN/Inf loss, naming its edge and step; no checkpoint has seen it yet."""
@@ -668,7 +662,7 @@ class Trainer:
         means: list[float],
         optimizer,
         images_per_s: float,
-    ) -> None:
+    ) -> float:
         weights = self.graph.loss_weights()
         record = {
             "kind": "train",
@@ -681,6 +675,7 @@ class Trainer:
             "images_per_s": round(images_per_s, 1),
         }
         self._write_metrics(record)
+        return record["loss"]
 
     def _record_eval(self, stage: StagePlan, epoch: int, step: int, result: dict[str, dict[str, float]]) -> None:
         for port, top1 in result["top1"].items():
@@ -720,10 +715,6 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.accelerator.wait_for_everyone()  # final.pt exists for every process (a cached dependency)
         return summary
-
-
-def _silent(*_args: Any, **_kwargs: Any) -> None:
-    pass
 
 
 def _summarise(names: list[str], shown: int = 4) -> str:

@@ -68,7 +68,10 @@ class TinyResNet18(StagedNet):
 
 @register_net("resnet18_tiny")
 def resnet18_tiny(
-    widths: list[int] | tuple[int, ...] = (8, 8, 16, 32, 64), blocks: int = 2, num_classes: int = 10, in_channels: int = 1
+    widths: list[int] | tuple[int, ...] = (8, 8, 16, 32, 64),
+    blocks: int = 2,
+    num_classes: int = 10,
+    in_channels: int = 1,
 ) -> TinyResNet18:
     """ResNet18 layout (3x3 stem, four stages) with widths [stem, s1..s4]; ports as ResNet18."""
     if len(widths) != 5:
