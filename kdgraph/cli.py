@@ -37,6 +37,7 @@ def _with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .graph import check_graph
+    from .initcheck import check_inits
     from .spec import dump_resolved
 
     files, overrides = _split_args(args.items)
@@ -46,7 +47,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed: list[str] = []
     for f in files:
         try:
-            spec, _ = check_graph(f, overrides, dry=not args.no_dry_run)
+            spec, graph = check_graph(f, overrides, dry=not args.no_dry_run)
+            if not args.no_dry_run:
+                check_inits(spec, graph)  # what each init would load fits its node: nothing trained
         except KDGraphError as e:
             failed.extend(e.lines())
             continue
@@ -184,6 +187,7 @@ def _compact_ports(ports: list[str]) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from .console import Console
     from .graph import check_graph
+    from .initcheck import check_inits
     from .spec import load_spec
     from .train import Trainer, new_run_dir
 
@@ -209,7 +213,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if len(files) != 1:
             raise SpecError("run takes one graph file (and key=value overrides)")
         overrides = _with_preset(args, overrides)
-        spec, _ = check_graph(files[0], overrides)  # every problem before any directory is made
+        spec, graph = check_graph(files[0], overrides)  # every problem before any directory is made
+        check_inits(spec, graph)
         created = not (args.out and Path(args.out).exists())
         run_dir = new_run_dir(spec, args.out, args.force)
         trainer = Trainer(spec, run_dir, log=Console(quiet=args.quiet), stop_after=args.stop_after)

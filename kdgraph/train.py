@@ -30,6 +30,7 @@ from .console import Console, as_console, plural
 from .data import Dataset, Loader, load_dataset, make_loaders
 from .errors import CheckpointError, DataError, RunError, SpecError
 from .graph import DataInfo, DistillGraph, dry_run
+from .initcheck import dependency_overrides
 from .plan import StagePlan
 from .spec import GraphSpec, dump_resolved, load_spec, merge
 from .step import LossMeter, TrainStep
@@ -331,7 +332,11 @@ class Trainer:
         sub = {k[len(prefix) :]: v for k, v in graph_state.items() if k.startswith(prefix)}
         if not sub:
             raise CheckpointError(f"{where} has no node {source_node!r} to initialise {name!r} from")
-        result = self.graph.nodes[name].load_state_dict(sub, strict=False)
+        try:
+            result = self.graph.nodes[name].load_state_dict(sub, strict=False)
+        except RuntimeError as e:  # shapes differ: one line, not torch's page (validate finds it earlier)
+            why = str(e).strip().splitlines()[-1].strip()
+            raise CheckpointError(f"node {name!r} does not fit {source_node!r} of {where}: {why}") from None
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
                 f"node {name!r} does not fit {source_node!r} of {where}: missing "
@@ -341,9 +346,7 @@ class Trainer:
     def _train_dependency(self, rel: str) -> dict[str, Any]:
         """Train another graph file first, or reuse its cached final weights (keyed by its spec hash)."""
         path = self.spec.base_dir / rel
-        # the parent's data and preset reach the dependency (a teacher trained on the data it will teach)
-        data_overrides = [o for o in self.spec.overrides if o.lstrip("+~").startswith(("data.", "preset="))]
-        child = load_spec(path, data_overrides + self.init_overrides)
+        child = load_spec(path, dependency_overrides(self.spec.overrides, {}) + self.init_overrides)
         folder = cache_root() / f"{child.name}-{child.hash()}"
         final = folder / "final.pt"
         if final.exists():
