@@ -377,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--check", action="store_true", help="evaluate the export on the run's test split and compare")
     ex.set_defaults(func=_lazy("export", "cmd_export"))
 
+    ca = _command(sub, "cache", "list or clear kdgraph's cache of trained dependency graphs (teachers)",
+                  epilog="the cache is $KDGRAPH_CACHE, else $XDG_CACHE_HOME/kdgraph, else ~/.cache/kdgraph; "
+                  "clear removes only what kdgraph wrote there")
+    ca.add_argument("action", choices=["list", "clear"], help="list: entries with sizes; clear: remove them")
+    ca.set_defaults(func=_lazy("cache", "cmd_cache"))
+
     for register in _extra_commands():
         register(sub)
     return p

@@ -102,7 +102,7 @@ def load_dataset(cfg: dict[str, Any], base_dir: Path, seed: int = 0) -> Dataset:
     """The dataset a graph file's `data:` section names, with `subset` applied."""
     name = cfg["dataset"]
     if name in CIFAR_FILES:
-        ds = _cifar(name, data_root(cfg, base_dir), bool(cfg.get("download", True)))
+        ds = _cifar(name, data_root(cfg, base_dir), bool(cfg.get("download", False)))
     elif name == "digits":
         ds = _digits()
     elif name == "synthetic":

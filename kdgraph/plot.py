@@ -220,6 +220,9 @@ def make_figure(runs: list[RunCurves], x: str = "step", logy: bool = False):
                     )
         if logy and kind in ("total", "losses"):
             ax.set_yscale("log")
+        if kind == "top1":  # matplotlib's margin would draw an axis past 100 %
+            low, high = ax.get_ylim()
+            ax.set_ylim(max(low, 0.0), min(high, 100.0))
         if kind == "lr" and len(groups) > 1:
             styles = [
                 Line2D([], [], color="black", linestyle=LINESTYLES[j % len(LINESTYLES)]) for j in range(len(groups))

@@ -212,6 +212,8 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         if mode == "remove":
             del parent[last]
             continue
+        if path == ("data", "root") and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            value = str(Path.cwd() / value)  # a path typed on the command line is relative to where it was typed
         if isinstance(parent, list):
             if last == len(parent):
                 parent.append(value)
@@ -511,7 +513,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 DATA_DEFAULTS: dict[str, Any] = {
     "dataset": "synthetic",
     "root": None,
-    "download": True,
+    "download": False,  # a missing dataset is an error, never a silent multi-minute download
     "batch_size": 64,
     "eval_batch_size": None,
     "workers": 2,
