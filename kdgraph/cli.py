@@ -194,7 +194,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     files, overrides = _split_args(args.items)
     if args.resume:
         if files or overrides or args.preset:
-            raise SpecError("--resume RUN_DIR takes no graph file, overrides or preset: they are read from the run")
+            raise SpecError(
+                "--resume RUN_DIR takes no graph file, overrides or preset: they are read from the run, so that it "
+                "continues exactly (a larger train.epochs would re-lay the lr schedule over epochs already trained "
+                "and match neither run); to train longer, start a new run with the new train.epochs"
+            )
         import json
 
         run_dir = Path(args.resume)
@@ -376,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-torchscript", action="store_true", help="do not write the traced OUT.ts")
     ex.add_argument("--check", action="store_true", help="evaluate the export on the run's test split and compare")
     ex.set_defaults(func=_lazy("export", "cmd_export"))
+
+    ev = _command(sub, "eval", "top-1 and top-5 of a run's deployed model (or an exported model.pt) on a test split")
+    ev.add_argument("target", metavar="RUN_DIR|model.pt", help="a finished run directory or a kdgraph export")
+    ev.add_argument("--data", metavar="NAME", help="dataset to score on: digits, cifar10, cifar100, synthetic "
+                    "(default: the run's own data; required for a model.pt)")
+    ev.add_argument("--root", metavar="DIR", help="where the dataset lives (as data.root; default $KDGRAPH_DATA, "
+                    "else ./data)")
+    ev.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    ev.set_defaults(func=_lazy("evaluate", "cmd_eval"))
 
     ca = _command(sub, "cache", "list or clear kdgraph's cache of trained dependency graphs (teachers)",
                   epilog="the cache is $KDGRAPH_CACHE, else $XDG_CACHE_HOME/kdgraph, else ~/.cache/kdgraph; "

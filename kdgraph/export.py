@@ -290,8 +290,12 @@ def _load_plugins(plugins: list, base_dir: Path) -> None:
         raise SpecError(problems)
 
 
-def load_exported(path: str | Path, map_location: str | torch.device = "cpu") -> DeployedModel:
-    """The module saved by ``kdgraph export``, in eval mode: ``forward(image)`` returns the deploy port."""
+def load_exported(path: str | Path, map_location: str | torch.device = "cpu", raw: bool = False) -> nn.Module:
+    """The module saved by ``kdgraph export``, in eval mode: ``forward(image)`` returns the deploy port.
+
+    ``forward`` takes images normalised as in training (``model.normalize``: mean, std); with ``raw=True``
+    it takes them as the dataset gives them, uint8 0..255 or floats in [0, 1] (``preprocess.RawImages``).
+    """
     try:
         record = torch.load(Path(path), map_location=map_location, weights_only=False)
     except Exception as e:  # missing, truncated, or not a torch file at all: one clear line
@@ -300,6 +304,10 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
         raise CheckpointError(f"{path} is not a kdgraph export (format {FORMAT})")
     model = build_deployed(record)
     model.load_state_dict(record["state_dict"])
+    if raw:
+        from .preprocess import RawImages
+
+        return RawImages(model, **model.normalize).to(map_location).eval()
     return model
 
 
