@@ -509,6 +509,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "on_nan": "stop",
     "grad_clip": None,
     "progress": True,
+    "log_with": [],
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "dataset": "synthetic",

@@ -34,6 +34,7 @@ from .initcheck import dependency_overrides
 from .plan import StagePlan
 from .spec import GraphSpec, dump_resolved, load_spec, merge
 from .step import LossMeter, TrainStep
+from .trackers import accelerator_kwargs, run_config, scalars
 
 
 class Interrupted(RunError):
@@ -244,9 +245,12 @@ class Trainer:
 
         self.run_dir = Path(self.run_dir)
         precision = self.spec.train["precision"]
+        self.tracking = False  # only the run that made its Accelerator logs to trackers (not a dependency)
         if self.accelerator is None:
             mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-            self.accelerator = Accelerator(cpu=use_cpu(), mixed_precision=mp)
+            trackers = accelerator_kwargs(self.spec, self.run_dir)
+            self.accelerator = Accelerator(cpu=use_cpu(), mixed_precision=mp, **trackers)
+            self.tracking = bool(trackers)
         self.device = self.accelerator.device
         self.main = self.accelerator.is_main_process
         self.log = as_console(self.log) if self.main else Console(quiet=True)  # one process speaks for the run
@@ -413,6 +417,8 @@ class Trainer:
             except OSError as e:  # the checkpoint names how many lines are good: a torn line is cut on resume
                 why = e.strerror or e
                 raise RunError(f"could not write {self.metrics_path} ({why}); the last checkpoint is kept") from None
+        if self.tracking:
+            self.accelerator.log(scalars(record), step=record["step"])
 
     def _metrics_lines(self) -> int:
         """Lines of metrics.jsonl, made durable first: the checkpoint about to name them must find them."""
@@ -508,6 +514,8 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         self._prepare()
+        if self.tracking:
+            self.accelerator.init_trackers(self.spec.name, config=run_config(self.spec))
         resumed_state: dict[str, Any] | None = None
         if self.resume and not ckpt.has_checkpoint(self.run_dir / "checkpoints"):
             self.log(f"{self.run_dir} stopped before its first checkpoint: starting it from the beginning")
@@ -717,6 +725,8 @@ class Trainer:
             )
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.accelerator.wait_for_everyone()  # final.pt exists for every process (a cached dependency)
+        if self.tracking:
+            self.accelerator.end_training()
         return summary
 
 
