@@ -88,7 +88,8 @@ def init_problems(spec: GraphSpec, graph: DistillGraph) -> list[Problem]:
                     continue
                 state, what = graph.nodes[source].state_dict(), f"{kind} {init[kind]}"
         except KDGraphError as e:  # the checkpoint or the dependency graph is itself broken
-            problems.append(spec.problem(where, f"init {kind}: {_one_line(e)}"))
+            # a checkpoint's report is the one the run would give (its lines list the keys); a graph's, one line
+            problems.append(spec.problem(where, str(e) if kind == "checkpoint" else f"init {kind}: {_one_line(e)}"))
             continue
         if not state:
             problems.append(spec.problem(where, f"init {kind}: {what} has no node {source!r} with weights"))
