@@ -66,8 +66,9 @@ class PlanError(SpecError):
 class NodeError(KDGraphError):
     """A node or a loss edge failed while running; names it and says what it received."""
 
-    def __init__(self, what: str, message: str, hint: str | None = None):
+    def __init__(self, what: str, message: str, hint: str | None = None, key: str | None = None):
         self.what, self.message, self.hint = what, message, hint
+        self.key = key  # the key of the node or edge at fault (an edge's `from`, a parameter), when known
         super().__init__(f"{what}: {message}" + (f" ({hint})" if hint else ""))
 
 

@@ -437,6 +437,9 @@ class DistillGraph(nn.Module):
                 f"{edge.dst} {_shape(pred, 'N')} and {edge.src} {_shape(target, 'N')} differ in shape",
                 _adapter_hint(edge, pred, target),
             )
+        blamed = _blame_key(edge, pred, target, e, self.spec.doc.get("vars") or {})
+        if blamed:
+            return NodeError(what, *blamed)
         return NodeError(what, f"{_first_line(e)} [{edge.dst} {_shape(pred)}, {edge.src} {_shape(target)}]")
 
 
@@ -463,6 +466,29 @@ def _shapes_differ(a: Any, b: Any) -> bool:
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape == b.shape:
         return False
     return [d for d in a.shape[1:] if d != 1] != [d for d in b.shape[1:] if d != 1]
+
+
+def _blame_key(
+    edge: EdgeSpec, pred: Any, target: Any, e: BaseException, variables: dict
+) -> tuple[str, str, str] | None:
+    """(message, hint, key) when torch's message points at one key of the edge: a parameter or `from`."""
+    text = str(e)
+    bad = re.search(r"could not convert string to float: '(.*)'|invalid literal for int\(\) with base 10: '(.*)'", text)
+    if bad:
+        word = bad.group(1) or bad.group(2)
+        for key, value in edge.params.items():
+            if isinstance(value, str) and value == word:
+                source = [f"vars.{v}" for v, x in variables.items() if x == word]
+                where = f" (from {', '.join(source)})" if source else ""
+                return f"{key} = {value!r}{where} is not a number", "give a number, or vars that are numbers", key
+    wants_labels = isinstance(target, torch.Tensor) and target.is_floating_point() and target.dim() == 2
+    if wants_labels and edge.src != "data.label" and re.search(r"target|label|class", text, re.I):
+        return (
+            f"loss {edge.loss} takes class labels (N,) as its target, but {edge.src} is {_shape(target, 'N')}",
+            "from: data.label; to distil soft targets from logits use loss kd",
+            "from",
+        )
+    return None
 
 
 def _adapter_hint(edge: EdgeSpec, pred: torch.Tensor, target: torch.Tensor) -> str | None:
@@ -585,7 +611,7 @@ def _error_path(spec: GraphSpec, e: NodeError) -> tuple:
     what = e.what
     if what.startswith("edge "):
         name = what.split("'")[1]
-        return ("edges", spec.edge(name).index)
+        return ("edges", spec.edge(name).index, *([e.key] if e.key else []))
     if what.startswith("node "):
         return ("nodes", what.split("'")[1])
     return ()

@@ -58,3 +58,31 @@ def test_accuracy_axes_end_at_100(tmp_path: Path) -> None:
     fig = make_figure(load_runs([run]))
     (ax,) = [a for a in fig.axes if a.get_title() == "top-1 s.logits (%)"]
     assert ax.get_ylim()[1] == 100.0
+
+
+LOGITS_AS_LABELS = """\
+kdgraph: 1
+name: e
+data: {dataset: digits, batch_size: 32, augment: false}
+vars: {T: 4}
+nodes:
+  teacher: {net: cnn, width: 8, frozen: true}
+  student: {net: cnn, width: 4}
+edges:
+  - {loss: LOSS, from: teacher.logits, to: student.logits, T: "${T}"}
+deploy: student.logits
+"""
+
+
+def test_dry_run_errors_name_the_key_at_fault(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kdgraph.cli import main
+
+    (tmp_path / "ce.yaml").write_text(LOGITS_AS_LABELS.replace("LOSS", "ce").replace(', T: "${T}"', ""))
+    assert main(["validate", "ce.yaml"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("ce.yaml:9: edges[0].from: ") and "takes class labels (N,)" in line
+    assert "teacher.logits is (N, 10)" in line and "from: data.label" in line
+    (tmp_path / "kd.yaml").write_text(LOGITS_AS_LABELS.replace("LOSS", "kd"))
+    assert main(["validate", "kd.yaml", "vars.T=four"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("kd.yaml:9: edges[0].T: ") and "T = 'four' (from vars.T) is not a number" in line
