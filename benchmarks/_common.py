@@ -16,11 +16,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from kdgraph.catalog import load_builtins  # noqa: E402
 from kdgraph.graph import DataInfo, DistillGraph  # noqa: E402
-from kdgraph.registry import LOSSES, NETS, OPS, load_builtins  # noqa: E402
+from kdgraph.registry import LOSSES, NETS, OPS  # noqa: E402
 from kdgraph.spec import GraphSpec, load_spec  # noqa: E402
-from kdgraph.step import LossMeter, TrainStep  # noqa: E402
 from kdgraph.train import build_optimizer  # noqa: E402
+from kdgraph.train.step import LossMeter, TrainStep  # noqa: E402
 
 _ACCELERATOR: list[Any] = []
 

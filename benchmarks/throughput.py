@@ -73,8 +73,8 @@ def child(graph: str, batch: int, config: str, args: argparse.Namespace) -> dict
     """One measurement, in this (fresh) process."""
     from kdgraph.errors import KDGraphError
     from kdgraph.spec import load_spec
-    from kdgraph.step import LossMeter, TrainStep
     from kdgraph.train import Trainer, build_optimizer
+    from kdgraph.train.step import LossMeter, TrainStep
 
     path = ROOT / "graphs" / f"{graph}.yaml"
     if args.device == "cpu":

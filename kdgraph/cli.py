@@ -12,21 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .args import split_args
 from .errors import KDGraphError, RunError, SpecError
-
-
-def _split_args(items: list[str]) -> tuple[list[str], list[str]]:
-    """Graph files and overrides from one argument list.
-
-    An override has '=' or starts with '~'/'+'; an item that is neither a file nor a .yaml name is
-    taken as an override too (`train.epochs` without a value), so its problem is named as such.
-    """
-    files, overrides = [], []
-    for item in items:
-        looks_like_file = item.endswith((".yaml", ".yml")) or Path(item).exists() or "/" in item
-        is_override = "=" in item or item.startswith(("~", "+")) or (files and not looks_like_file)
-        (overrides if is_override else files).append(item)
-    return files, overrides
 
 
 def _with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:
@@ -36,20 +23,21 @@ def _with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .graph import check_graph
+    from .check import check_graph
     from .initcheck import check_inits
     from .spec import dump_resolved
 
-    files, overrides = _split_args(args.items)
+    files, overrides = split_args(args.items)
     overrides = _with_preset(args, overrides)
     if not files:
         raise SpecError("name at least one graph file")
     failed: list[str] = []
     for f in files:
         try:
-            spec, graph = check_graph(f, overrides, dry=not args.no_dry_run)
+            checked = check_graph(f, overrides, dry=not args.no_dry_run)
+            spec = checked.spec
             if not args.no_dry_run:
-                check_inits(spec, graph)  # what each init would load fits its node: nothing trained
+                check_inits(spec, checked.graph)  # what each init would load fits its node: nothing trained
         except KDGraphError as e:
             failed.extend(e.lines())
             continue
@@ -69,9 +57,10 @@ def _count(n: int) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .graph import check_graph
+    from .check import check_graph
+    from .export import deployed_parameter_count, deployed_parts
 
-    files, overrides = _split_args(args.items)
+    files, overrides = split_args(args.items)
     overrides = _with_preset(args, overrides)
     if len(files) != 1:
         raise SpecError("plan takes one graph file")
@@ -105,33 +94,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"  param groups: {', '.join(stage.trainable) or 'none'} (one per node)")
         print(f"  evaluates: {', '.join(stage.eval_ports) or 'nothing'}")
     if plan.deploy:
-        deployed = sum(plan.params[n] for n in plan.deploy_nodes)
-        shown = _deployed_params(graph)
-        count = shown if shown is not None else deployed
-        parts = _deployed_parts(graph) or plan.deploy_nodes
+        count = deployed_parameter_count(graph)  # a `call` op's copied submodule, not its whole node
+        parts = deployed_parts(graph)
         print(f"\ndeploy {plan.deploy}: nodes {', '.join(parts)}; {count:,} deployed parameters")
     return 0
 
 
-def _deployed_parts(graph) -> list[str] | None:
-    """What the export holds (a `call` op's copied submodule instead of its whole node), when export exists."""
-    try:
-        from .export import deployed_parts
-    except ImportError:
-        return None
-    return deployed_parts(graph)
-
-
-def _deployed_params(graph) -> int | None:
-    try:
-        from .export import deployed_parameter_count
-    except ImportError:
-        return None
-    return deployed_parameter_count(graph)
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import REGISTRIES, load_builtins
+    from .catalog import load_builtins
+    from .registry import REGISTRIES
 
     load_builtins()
     if getattr(args, "markdown", False):
@@ -144,7 +115,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         else:
             print(text, end="")
         return 0
-    kinds = [args.kind] if args.kind else ["nets", "ops", "losses"]
+    kinds = [args.kind] if args.kind else ["nets", "ops", "losses", "datasets"]
     for kind in kinds:
         registry = REGISTRIES[kind]
         print(f"{kind} ({len(registry.names())}):")
@@ -185,13 +156,12 @@ def _compact_ports(ports: list[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .check import check_graph
     from .console import Console
-    from .graph import check_graph
     from .initcheck import check_inits
-    from .spec import load_spec
     from .train import Trainer, new_run_dir
 
-    files, overrides = _split_args(args.items)
+    files, overrides = split_args(args.items)
     if args.resume:
         if files or overrides or args.preset:
             raise SpecError(
@@ -210,18 +180,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             source, saved = info["source"], info["overrides"]
         except (ValueError, KeyError, TypeError) as e:
             raise RunError(f"{info_path} is unreadable ({e}); start a new run instead") from None
-        spec = load_spec(source, saved)
-        trainer = Trainer(spec, run_dir, log=Console(quiet=args.quiet), resume=True, stop_after=args.stop_after)
+        checked = check_graph(source, saved)  # built once and dry-run once, as a fresh run
+        spec = checked.spec
+        trainer = Trainer(checked, run_dir, log=Console(quiet=args.quiet), resume=True, stop_after=args.stop_after)
         created = False
     else:
         if len(files) != 1:
             raise SpecError("run takes one graph file (and key=value overrides)")
         overrides = _with_preset(args, overrides)
-        spec, graph = check_graph(files[0], overrides)  # every problem before any directory is made
-        check_inits(spec, graph)
+        checked = check_graph(files[0], overrides)  # every problem before any directory is made
+        spec = checked.spec
+        check_inits(spec, checked.graph)
         created = not (args.out and Path(args.out).exists())
         run_dir = new_run_dir(spec, args.out, args.force)
-        trainer = Trainer(spec, run_dir, log=Console(quiet=args.quiet), stop_after=args.stop_after)
+        trainer = Trainer(checked, run_dir, log=Console(quiet=args.quiet), stop_after=args.stop_after)
     say = print if trainer.main else (lambda *_: None)  # one report, not one per process
     say(f"run {spec.name} -> {run_dir}")
     try:
@@ -345,8 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
     pl.set_defaults(func=cmd_plan)
 
-    ls = _command(sub, "list", "list the registered nets, ops and losses")
-    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses"], help="one registry only (default: all)")
+    ls = _command(sub, "list", "list the registered nets, ops, losses and datasets")
+    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses", "datasets"],
+                    help="one registry only (default: all)")
     ls.add_argument("--markdown", action="store_true", help="the reference documentation as Markdown")
     ls.add_argument("-o", "--output", metavar="FILE", help="with --markdown: write to FILE instead of printing")
     ls.set_defaults(func=cmd_list)
@@ -431,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.lines():
             print(line, file=sys.stderr)
         return getattr(e, "exit_code", 2)
-    except BrokenPipeError:  # `kdgraph list | head`
-        sys.stderr.close()
+    except BrokenPipeError:  # `kdgraph list | head`: the reader is gone, which is no error (before OSError: a subclass)
+        _silence_stdout()
         return 0
     except OSError as e:  # the environment, not the graph: a full disk, a read-only or missing folder
         where = f"{e.filename}: " if e.filename else ""
@@ -441,6 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit raises no second BrokenPipeError."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

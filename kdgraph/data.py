@@ -14,214 +14,41 @@ one seed per image) from a generator seeded by (seed, stage, epoch), so a resume
 the batches an uninterrupted one would. With several processes, process r takes slice r of every
 global batch: ``batch_size`` is the global batch.
 
-Datasets: ``cifar100``/``cifar10`` (the python pickle format torchvision downloads; read directly),
-``digits`` (scikit-learn's bundled 8x8 handwritten digits, no download), ``synthetic`` (learnable
-class prototypes plus noise), ``imagefolder`` (``root`` holds ``train/`` and ``val/``, one folder
-per class, images resized to ``image_size``).
+Datasets are registered (``@register_dataset``, kdgraph/datasets/): ``cifar100``/``cifar10`` (the
+python pickle format torchvision downloads; read directly), ``digits`` (scikit-learn's bundled 8x8
+handwritten digits, no download), ``synthetic`` (learnable class prototypes plus noise),
+``imagefolder`` (``root`` holds ``train/`` and ``val/``, one folder per class, images resized to
+``image_size``); a plugin file adds its own.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .catalog import load_builtins
+from .datasets.base import DataInfo, Dataset, FolderSplit, Split, subset
 from .errors import DataError
-
-CIFAR_MEAN = {"cifar100": (0.5071, 0.4867, 0.4408), "cifar10": (0.4914, 0.4822, 0.4465)}
-CIFAR_STD = {"cifar100": (0.2675, 0.2565, 0.2761), "cifar10": (0.2470, 0.2435, 0.2616)}
-CIFAR_FILES = {
-    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
-}
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # N x C x H x W, uint8
-    labels: torch.Tensor  # N, int64
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def to(self, device: torch.device | str) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
-
-
-@dataclass
-class FolderSplit:
-    """Image files on disk: (path, class index) pairs, decoded by the torchvision loader."""
-
-    samples: list[tuple[str, int]]
-    channels: int
-    image_size: int
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def to(self, device: torch.device | str) -> FolderSplit:
-        return self  # decoded on the host, batch by batch
-
-
-@dataclass
-class Dataset:
-    name: str
-    train: Split | FolderSplit
-    test: Split | FolderSplit
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def channels(self) -> int:
-        if isinstance(self.train, FolderSplit):
-            return self.train.channels
-        return int(self.train.images.shape[1])
-
-    @property
-    def image_size(self) -> int:
-        if isinstance(self.train, FolderSplit):
-            return self.train.image_size
-        return int(self.train.images.shape[-1])
-
-
-def data_root(cfg: dict[str, Any], base_dir: Path) -> Path:
-    root = cfg.get("root") or os.environ.get("KDGRAPH_DATA") or "data"
-    path = Path(root).expanduser()
-    return path if path.is_absolute() else (base_dir / path if cfg.get("root") else Path.cwd() / path)
+from .registry import DATASETS
 
 
 def load_dataset(cfg: dict[str, Any], base_dir: Path, seed: int = 0) -> Dataset:
-    """The dataset a graph file's `data:` section names, with `subset` applied."""
+    """The dataset a graph file's `data:` section names (a registered dataset), with `subset` applied."""
     name = cfg["dataset"]
-    if name in CIFAR_FILES:
-        ds = _cifar(name, data_root(cfg, base_dir), bool(cfg.get("download", False)))
-    elif name == "digits":
-        ds = _digits()
-    elif name == "synthetic":
-        ds = _synthetic(cfg, seed)
-    elif name == "imagefolder":
-        if cfg.get("loader", "torchvision") != "torchvision":
-            raise DataError("dataset 'imagefolder' streams images from disk: set data.loader: torchvision")
-        ds = _imagefolder(data_root(cfg, base_dir), int(cfg.get("image_size") or 224))
-    else:
-        raise DataError(f"unknown dataset {name!r}")
+    load_builtins()
+    if name not in DATASETS:
+        hint = DATASETS.suggest(name)
+        raise DataError(f"unknown dataset {name!r}" + (f"; {hint}" if hint else ""))
+    ds = DATASETS.get(name).obj().load(cfg, base_dir, seed)
     if cfg.get("subset"):
         n = int(cfg["subset"])
-        ds.train, ds.test = _subset(ds.train, n), _subset(ds.test, n)
+        ds.train, ds.test = subset(ds.train, n), subset(ds.test, n)
     return ds
-
-
-def _subset(split: Split | FolderSplit, n: int) -> Split | FolderSplit:
-    if isinstance(split, FolderSplit):  # files are listed class by class: take every k-th for all classes
-        step = max(1, len(split) // n)
-        return FolderSplit(split.samples[::step][:n], split.channels, split.image_size)
-    return Split(split.images[:n], split.labels[:n])
-
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _imagefolder(root: Path, image_size: int) -> Dataset:
-    """``root/train/<class>/*`` and ``root/val/<class>/*`` (torchvision ImageFolder layout), RGB."""
-    from torchvision.datasets import ImageFolder
-
-    splits = []
-    for part in ("train", "val"):
-        where = root / part
-        if not where.is_dir():
-            raise DataError(f"imagefolder: {where} is not a folder; data.root must hold train/ and val/ class folders")
-        try:
-            folder = ImageFolder(str(where))
-        except (FileNotFoundError, OSError) as e:
-            raise DataError(f"imagefolder: {where}: {_first(e)}") from None
-        splits.append(folder)
-    train, val = splits
-    if train.classes != val.classes:
-        raise DataError(f"imagefolder: {root}/train and {root}/val have different class folders")
-    return Dataset(
-        "imagefolder",
-        FolderSplit(list(train.samples), 3, image_size),
-        FolderSplit(list(val.samples), 3, image_size),
-        len(train.classes),
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-    )
-
-
-def _cifar(name: str, root: Path, download: bool) -> Dataset:
-    folder, train_files, test_files, label_key = CIFAR_FILES[name]
-    where = root / folder
-    if not all((where / f).exists() for f in train_files + test_files):
-        if not download:
-            raise DataError(
-                f"{name} not found under {where}; set data.download: true or data.root to where {folder}/ lives"
-            )
-        try:
-            import torchvision
-
-            cls = torchvision.datasets.CIFAR100 if name == "cifar100" else torchvision.datasets.CIFAR10
-            cls(str(root), train=True, download=True)
-        except Exception as e:
-            raise DataError(
-                f"{name} is not under {where} and could not be downloaded ({_first(e)}); put "
-                f"{folder}/ there, or set data.root (or $KDGRAPH_DATA) to its parent folder"
-            ) from None
-
-    def read(files: list[str]) -> Split:
-        images, labels = [], []
-        for f in files:
-            try:
-                with open(where / f, "rb") as fh:
-                    entry = pickle.load(fh, encoding="bytes")
-                images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                labels.extend(entry[label_key])
-            except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
-                raise DataError(
-                    f"{where / f} is not a readable {name} file ({_first(e)}); delete it to download again"
-                ) from None
-        return Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
-
-    classes = 100 if name == "cifar100" else 10
-    return Dataset(name, read(train_files), read(test_files), classes, CIFAR_MEAN[name], CIFAR_STD[name])
-
-
-def _digits() -> Dataset:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))  # the fixed split
-    train, test = order[:1437], order[1437:]
-    return Dataset(
-        "digits", Split(images[train], labels[train]), Split(images[test], labels[test]), 10, (0.3057,), (0.3706,)
-    )
-
-
-def _synthetic(cfg: dict[str, Any], seed: int) -> Dataset:
-    g = torch.Generator().manual_seed(1000 + seed)
-    c, s, k = int(cfg["channels"]), int(cfg["image_size"]), int(cfg["classes"])
-    prototypes = torch.rand(k, c, s, s, generator=g) * 255
-
-    def make(n: int) -> Split:
-        labels = torch.randint(0, k, (n,), generator=g)
-        noise = torch.randn(n, c, s, s, generator=g) * 40
-        return Split((prototypes[labels] + noise).clamp(0, 255).to(torch.uint8), labels)
-
-    train, test = make(int(cfg["size"])), make(int(cfg["test_size"]))
-    return Dataset("synthetic", train, test, k, (0.5,) * c, (0.25,) * c)
-
-
-def _first(e: BaseException) -> str:
-    return str(e).strip().split("\n")[0] or type(e).__name__
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -558,22 +385,16 @@ def make_loaders(
     )
 
 
-def data_info_of(cfg: dict[str, Any], base_dir: Path | None = None) -> tuple[int, int, int]:
-    """(classes, channels, image size) of a `data:` section without loading the data.
+def data_info(cfg: dict[str, Any], base_dir: Path | None = None) -> DataInfo:
+    """Classes, channels and image size of a `data:` section without loading the data.
 
-    For an image folder the classes are counted from ``root/train`` when it exists (relative paths
-    from `base_dir`, the graph file's folder), else taken from ``data.classes``.
+    The registered dataset's ``info`` answers (relative paths from `base_dir`, the graph file's folder).
     """
-    name = cfg["dataset"]
-    if name in CIFAR_FILES:
-        return (100 if name == "cifar100" else 10), 3, 32
-    if name == "digits":
-        return 10, 1, 8
-    if name == "synthetic":
-        return int(cfg["classes"]), int(cfg["channels"]), int(cfg["image_size"])
-    classes = int(cfg.get("classes") or 1000)
-    if cfg.get("root"):
-        train = data_root(cfg, base_dir or Path.cwd()) / "train"
-        if train.is_dir():
-            classes = sum(1 for p in train.iterdir() if p.is_dir()) or classes
-    return classes, 3, int(cfg.get("image_size") or 224)
+    load_builtins()
+    return DATASETS.get(cfg["dataset"]).obj().info(cfg, base_dir or Path.cwd())
+
+
+def data_info_of(cfg: dict[str, Any], base_dir: Path | None = None) -> tuple[int, int, int]:
+    """(classes, channels, image size) of a `data:` section without loading the data."""
+    info = data_info(cfg, base_dir)
+    return info.num_classes, info.channels, info.image_size

@@ -16,7 +16,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .registry import LOSSES, NETS, OPS, Entry, PortInfo, Registry, load_builtins
+from .catalog import load_builtins
+from .registry import LOSSES, NETS, OPS, Entry, PortInfo, Registry
 
 REGENERATE = "kdgraph list --markdown -o docs/reference.md"
 FROM_DATA = ("num_classes", "in_channels", "image_size")  # the engine fills these from the dataset

@@ -195,11 +195,11 @@ def plan_for_drawing(spec: GraphSpec) -> tuple[Plan, dict[str, NodeFacts], dict[
     """
     import torch
 
-    from .data import data_info_of
-    from .graph import DataInfo, DistillGraph
+    from .data import data_info
+    from .graph import DistillGraph
 
     spec = _without_pretrained(spec)
-    info = DataInfo(*data_info_of(spec.data))
+    info = data_info(spec.data, spec.base_dir)
     try:
         with torch.device("meta"):
             graph = DistillGraph(spec, info)
@@ -314,7 +314,7 @@ def build_diagram(
     direction: str = "LR",
 ) -> Diagram:
     """The diagram of a planned graph: one cluster per stage (or only `stage`), a legend, the deploy path."""
-    from .plan import node_of, port_of
+    from .spec.dataflow import node_of, port_of
 
     refs = refs or {}
     stages = plan.stages
@@ -366,7 +366,7 @@ def _add_stage(
     deploy: set[str],
     results: RunResults | None,
 ) -> None:
-    from .plan import DATA, node_of, port_of
+    from .spec.dataflow import DATA, node_of, port_of
 
     stage_spec = spec.stages[stage.index]
     # outputs that require gradient this stage (a parameter-free `detach`-like op's output does not)
@@ -740,9 +740,10 @@ def diagram_of(
 
 
 def cmd_draw(args: argparse.Namespace) -> int:
-    from .cli import _split_args, _with_preset
+    from .args import split_args
+    from .cli import _with_preset
 
-    files, overrides = _split_args(args.items)
+    files, overrides = split_args(args.items)
     overrides = _with_preset(args, overrides)
     if len(files) != 1:
         raise DrawError("draw takes one graph file or run directory (and key=value overrides)")

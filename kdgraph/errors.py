@@ -97,3 +97,26 @@ def did_you_mean(name: str, known: list[str] | tuple[str, ...] | set[str], n: in
     if not close:
         return None
     return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def dedupe(problems: list[Problem]) -> list[Problem]:
+    """The problems without repeats (the same message at the same path)."""
+    seen, out = set(), []
+    for p in problems:
+        key = (p.path, p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def sort_problems(problems: list[Problem]) -> list[Problem]:
+    """Without duplicates; command-line problems first, then by file and line (stable otherwise)."""
+    order = {f: i for i, f in enumerate(dict.fromkeys(p.file for p in problems))}
+    return sorted(dedupe(problems), key=lambda p: (p.file != "<command line>", order[p.file], p.line if p.line else 0))
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(e).strip().split("\n")[0]
+    return text or type(e).__name__

@@ -39,11 +39,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .catalog import load_builtins, load_graph_plugins
+from .datasets.base import DataInfo
 from .errors import CheckpointError, RunError, SpecError
-from .graph import DataInfo, DistillGraph
-from .plan import _needed, _program, dataflow_graph, node_of
+from .graph import DistillGraph
+from .plan import build_program
 from .registry import PortInfo
-from .spec import GraphSpec, load_spec
+from .spec import GraphSpec, Locator, load_spec
+from .spec.dataflow import dataflow_graph, needed, node_of, node_refs, topo_order
 
 FORMAT = "kdgraph-export/1"
 # node keys that describe training, not the deployed computation
@@ -55,11 +58,8 @@ TRAINING_KEYS = ("init", "optim", "frozen")
 
 def deploy_slice(spec: GraphSpec, port: str) -> tuple[list[str], dict[str, str]]:
     """Nodes whose values compute `port` (in graph order), and {call op: node} for calls whose node is outside."""
-    from .plan import node_refs, topo_order
-    from .registry import load_builtins
-
     load_builtins()  # node_refs reads the ops' declarations
-    order = _needed(topo_order(spec), dataflow_graph(spec, refs=False), [port])
+    order = needed(topo_order(spec), dataflow_graph(spec, refs=False), [port])
     outside = {}
     for name in order:
         for ref in node_refs(spec, name):
@@ -220,7 +220,8 @@ class DeployedModel(nn.Module):
         self.normalize = normalize or {}
         order = [n for n in deploy_slice(graph.spec, port)[0]]
         # gradient is the caller's choice (torch.no_grad / inference_mode), not the walker's
-        self._program = graph._compile(_program(graph.spec, order, [port], [], lambda n: False, keep=[port]), False)
+        program = build_program(graph.spec, order, [port], [], lambda n: False, keep=[port])
+        self._program = graph._compile(program, False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         values: dict[str, Any] = {"data.image": image, "data.label": None, "data.index": None}
@@ -282,9 +283,6 @@ def build_deployed(record: dict[str, Any]) -> DeployedModel:
 
 
 def _load_plugins(plugins: list, base_dir: Path) -> None:
-    from .plugins import load_graph_plugins
-    from .spec import Locator
-
     problems = load_graph_plugins(plugins, base_dir, Locator(default_file="<export>"))
     if problems:
         raise SpecError(problems)
@@ -385,10 +383,9 @@ def _run_spec(doc: dict) -> GraphSpec:
 
 
 def _data_info(doc: dict) -> dict[str, int]:
-    from .data import data_info_of
+    from .data import data_info
 
-    classes, channels, size = data_info_of(_run_spec(doc).data)
-    return {"num_classes": classes, "channels": channels, "image_size": size}
+    return data_info(_run_spec(doc).data).__dict__.copy()
 
 
 def _prune_unused(model: DeployedModel, info: DataInfo) -> dict[str, list[str]]:

@@ -9,40 +9,20 @@ from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import networkx as nx
 import torch
 from torch import nn
 
-from .errors import NodeError, PlanError, Problem, SpecError
+from .catalog import load_builtins
+from .datasets.base import DataInfo
+from .errors import NodeError, PlanError, Problem, SpecError, first_line, sort_problems
 from .nets.base import PortNet
-from .plan import (
-    DATA,
-    NodeFacts,
-    Plan,
-    StagePlan,
-    Step,
-    dataflow_graph,
-    make_plan,
-    node_of,
-    node_refs,
-    port_problems,
-    topo_order,
-)
-from .registry import LOSSES, NETS, OPS, PortInfo, load_builtins
-from .spec import ENGINE_ARGS, EdgeSpec, GraphSpec, NodeSpec, load_spec, sort_problems
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What the networks need to know of the data before they are built."""
-
-    num_classes: int
-    channels: int
-    image_size: int
+from .plan import NodeFacts, Plan, StagePlan, Step, build_program, make_plan, port_problems
+from .registry import LOSSES, NETS, OPS, PortInfo
+from .spec import ENGINE_ARGS, EdgeSpec, GraphSpec, NodeSpec
+from .spec.dataflow import DATA, dataflow_graph, needed, node_of, node_refs, topo_order
 
 
 def _accepts(obj: Any, name: str) -> bool:
@@ -303,10 +283,8 @@ class DistillGraph(nn.Module):
         self, image: torch.Tensor, ports: list[str], label: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Any ports for a batch (no gradient), e.g. for export checks and the dry run."""
-        from .plan import _needed, _program, dataflow_graph
-
-        order = _needed(self.plan.order, dataflow_graph(self.spec, refs=False), ports)
-        program = _program(self.spec, order, ports, [], lambda n: True, keep=ports)
+        order = needed(self.plan.order, dataflow_graph(self.spec, refs=False), ports)
+        program = build_program(self.spec, order, ports, [], lambda n: True, keep=ports)
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
         self._walk(self._compile(program, False), values)
         return {p: values[p] for p in ports}
@@ -427,7 +405,7 @@ class DistillGraph(nn.Module):
         if step.kind == "node":
             node = self.spec.nodes[step.name]
             shapes = ", ".join(f"{p} {_shape(values.get(p))}" for p in node.inputs)
-            return NodeError(f"node {step.name!r} ({node.kind} {node.type})", f"{_first_line(e)} [inputs: {shapes}]")
+            return NodeError(f"node {step.name!r} ({node.kind} {node.type})", f"{first_line(e)} [inputs: {shapes}]")
         edge = self._edges[step.name]
         pred, target = values.get(edge.dst), values.get(edge.src)
         what = f"edge {edge.name!r} (loss {edge.loss}, edges[{edge.index}])"
@@ -440,7 +418,7 @@ class DistillGraph(nn.Module):
         blamed = _blame_key(edge, pred, target, e, self.spec.doc.get("vars") or {})
         if blamed:
             return NodeError(what, *blamed)
-        return NodeError(what, f"{_first_line(e)} [{edge.dst} {_shape(pred)}, {edge.src} {_shape(target)}]")
+        return NodeError(what, f"{first_line(e)} [{edge.dst} {_shape(pred)}, {edge.src} {_shape(target)}]")
 
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -530,91 +508,8 @@ def _shape(value: Any, batch: str | None = None) -> str:
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().split("\n")[0]
-    return text or type(e).__name__
-
-
 def _registered(node: NodeSpec) -> bool:
     return node.type in (NETS if node.kind == "net" else OPS)
 
 
-def data_info(spec: GraphSpec) -> DataInfo:
-    """Classes, channels and image size from the `data:` section, without loading the data."""
-    from .data import data_info_of
-
-    return DataInfo(*data_info_of(spec.data, spec.base_dir))
-
-
-def check_graph(
-    path: str | Path, overrides: list[str] | None = None, *, dry: bool = True
-) -> tuple[GraphSpec, DistillGraph]:
-    """Load, build, plan and (with `dry`) dry-run a graph file, reporting every phase's problems at once.
-
-    A file with an unknown net, a misspelt port and a cycle gets all three in one SpecError: loading
-    finds the net and the cycle, building what can be built finds the port.
-    """
-    try:
-        spec = load_spec(path, overrides)
-    except SpecError as e:
-        if e.spec is None:
-            raise
-        more = DistillGraph.problems_of(e.spec, data_info(e.spec), e.problems)
-        raise type(e)(sort_problems(e.problems + more)) from None
-    info = data_info(spec)
-    return spec, (dry_run(spec, info) if dry else DistillGraph(spec, info))
-
-
-def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
-    """Build a throwaway graph and push a tiny batch through every stage: shapes checked, fits run.
-
-    Each stage's losses are also backpropagated once, which checks the backward pass and finds the
-    parameters of trainable nodes that no loss reaches (e.g. a student's classifier when only its
-    features are distilled): the returned graph's ``gradless`` lists them per stage, and a graph that
-    adopts them freezes them in that stage, so data-parallel training needs no unused-parameter search.
-    """
-    graph = DistillGraph(spec, data)
-    g = torch.Generator().manual_seed(0)
-    image = torch.randn(batch, data.channels, data.image_size, data.image_size, generator=g)
-    label = torch.arange(batch) % data.num_classes
-    problems = []
-    for stage in graph.plan.stages:
-        graph.set_stage(stage)
-        graph.eval()
-        try:
-            if stage.fit:
-                for name in stage.fit:
-                    graph.nodes[name].fit_begin()
-                graph.fit_batch(image, label)
-                for name in stage.fit:
-                    graph.nodes[name].fit_end()
-            total, _ = graph(image, label, torch.arange(batch))
-            if total.requires_grad:
-                total.backward()
-            graph.gradless[stage.index] = [n for n, p in graph.named_parameters() if p.requires_grad and p.grad is None]
-            graph.zero_grad(set_to_none=True)
-            graph.evaluate(image)
-        except NodeError as e:
-            where = f" in stage {stage.name!r}" if spec.doc.get("stages") else ""
-            problems.append(spec.problem(_error_path(spec, e), f"{e.what}: {e.message}{where}", e.hint))
-            break
-        except RuntimeError as e:  # the forward worked: the backward did not
-            where = f" of stage {stage.name!r}" if spec.doc.get("stages") else ""
-            problems.append(spec.problem((), f"the backward pass{where} failed: {_first_line(e)}"))
-            break
-    if problems:
-        raise PlanError(problems)
-    return graph
-
-
-def _error_path(spec: GraphSpec, e: NodeError) -> tuple:
-    what = e.what
-    if what.startswith("edge "):
-        name = what.split("'")[1]
-        return ("edges", spec.edge(name).index, *([e.key] if e.key else []))
-    if what.startswith("node "):
-        return ("nodes", what.split("'")[1])
-    return ()
-
-
-__all__ = ["DataInfo", "DistillGraph", "check_graph", "data_info", "dry_run", "node_of"]
+__all__ = ["DataInfo", "DistillGraph", "node_of"]

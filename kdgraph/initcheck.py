@@ -1,8 +1,8 @@
 """Every `init:` checked against the node it fills, before anything trains (validate and run do it).
 
-    problems = init_problems(spec, graph)      # graph: the dry run's throwaway DistillGraph
+    problems = init_problems(spec, graph)      # graph: check_graph's built (and dry-run) DistillGraph
 
-* ``checkpoint``: the file is read and loaded into the throwaway node, exactly as the run will;
+* ``checkpoint``: the file is read and loaded into a copy of the node, exactly as the run will;
 * ``from``: the dependency graph is loaded with the overrides the run will give it and built on the
   meta device (no memory, no training, no cache needed), and its node's keys and shapes are compared;
 * ``stage`` / ``snapshot``: the source node of the same graph is compared (keys and shapes).
@@ -49,12 +49,13 @@ def _node_state(state: Mapping[str, torch.Tensor], node: str) -> dict[str, torch
 
 def _dependency_state(spec: GraphSpec, init: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The dependency graph's state_dict as the run would train it, built on the meta device."""
-    from .graph import DistillGraph, data_info
+    from .check import spec_data_info
+    from .graph import DistillGraph
     from .spec import load_spec
 
     child = load_spec(spec.base_dir / init["from"], dependency_overrides(spec.overrides, init))
     with torch.device("meta"):
-        return DistillGraph(child, data_info(child)).state_dict()
+        return DistillGraph(child, spec_data_info(child)).state_dict()
 
 
 def _one_line(e: KDGraphError) -> str:
@@ -64,6 +65,8 @@ def _one_line(e: KDGraphError) -> str:
 
 
 def init_problems(spec: GraphSpec, graph: DistillGraph) -> list[Problem]:
+    import copy
+
     from .nets.checkpoint import load_checkpoint, mismatch_report
 
     problems: list[Problem] = []
@@ -78,7 +81,8 @@ def init_problems(spec: GraphSpec, graph: DistillGraph) -> list[Problem]:
             if kind == "checkpoint":
                 target = (spec.base_dir / init["checkpoint"]).expanduser()
                 strict = init.get("strict", True)
-                load_checkpoint(graph.nodes[name], target, key=init.get("key", "model"), strict=strict)
+                # into a copy: the checked graph is the one that trains, and a stage's init comes later
+                load_checkpoint(copy.deepcopy(graph.nodes[name]), target, key=init.get("key", "model"), strict=strict)
                 continue
             if kind == "from":
                 state, what = _node_state(_dependency_state(spec, init), source), f"graph {init['from']}"

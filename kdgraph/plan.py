@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from .errors import PlanError, Problem, did_you_mean
-from .registry import LOSSES, OPS, PortInfo
+from .registry import LOSSES, PortInfo
 from .spec import GraphSpec, StageSpec
+from .spec.dataflow import DATA, dataflow_graph, needed, node_of, port_of, topo_order
 
-DATA = "data"
 DATA_INFO = {"image": PortInfo("map"), "label": PortInfo("any"), "index": PortInfo("any")}
 
 
@@ -65,74 +65,6 @@ class Plan:
 
     def stage(self, name: str) -> StagePlan:
         return next(s for s in self.stages if s.name == name)
-
-
-def node_of(port: str) -> str:
-    return port.split(".", 1)[0]
-
-
-def port_of(port: str) -> str:
-    return port.split(".", 1)[1]
-
-
-def dataflow_graph(spec: GraphSpec, refs: bool = True) -> nx.DiGraph:
-    """Nodes and `data`, with an arrow from each producer to each consumer of its ports.
-
-    With `refs`, also from each node an op uses by name (``call``) to that op: it is built first and
-    its weights take part in the op's gradient. Without, only value flow: what must run to compute a port.
-    """
-    g = nx.DiGraph()
-    g.add_node(DATA)
-    g.add_nodes_from(spec.nodes)
-    for name, node in spec.nodes.items():
-        for port in node.inputs:
-            if node_of(port) in g:
-                g.add_edge(node_of(port), name)
-        if refs:
-            for ref in node_refs(spec, name):
-                g.add_edge(ref, name)
-    return g
-
-
-def node_refs(spec: GraphSpec, name: str) -> list[str]:
-    """Nodes an op uses by name rather than through a port (``call`` applies another node's module)."""
-    node = spec.nodes[name]
-    if node.kind != "op" or node.type not in OPS:
-        return []
-    keys = getattr(OPS.get(node.type).obj, "node_refs", ())
-    return [node.params[k] for k in keys if isinstance(node.params.get(k), str) and node.params[k] in spec.nodes]
-
-
-def cycle_problems(spec: GraphSpec) -> list[Problem]:
-    """One problem per loop of the data-flow graph, printed `a -> b -> a`, at the first node's `in`."""
-    g = dataflow_graph(spec)
-    rank = {n: i for i, n in enumerate(spec.nodes)}
-    problems = []
-    for component in sorted(nx.strongly_connected_components(g), key=lambda c: min(rank.get(n, -1) for n in c)):
-        first = min(component, key=lambda n: rank.get(n, -1))
-        if len(component) == 1 and not g.has_edge(first, first):
-            continue
-        sub = g.subgraph(component)  # the shortest loop through the file's first node of this knot
-        names = [first, *min((nx.shortest_path(sub, nxt, first) for nxt in sub.successors(first)), key=len)]
-        problems.append(
-            spec.problem(
-                ("nodes", names[0], "in"),
-                "cycle: " + " -> ".join(names),
-                "a node cannot depend on its own output; break the loop",
-            )
-        )
-    return problems
-
-
-def topo_order(spec: GraphSpec) -> list[str]:
-    """Nodes in an order where every input is computed first; a cycle is a PlanError `a -> b -> a`."""
-    cycles = cycle_problems(spec)
-    if cycles:
-        raise PlanError(cycles)
-    g = dataflow_graph(spec)
-    # stable: ties are broken by the order of the file
-    rank = {n: i for i, n in enumerate(spec.nodes)}
-    return [n for n in nx.lexicographical_topological_sort(g, key=lambda n: rank.get(n, -1)) if n != DATA]
 
 
 def port_problems(spec: GraphSpec, facts: dict[str, NodeFacts]) -> list[Problem]:
@@ -261,18 +193,18 @@ def _plan_stage(
     values = dataflow_graph(spec, refs=False)
     reads = {e.name: _edge_ports(e) for e in edges}
     needed_ports = [p for ports in reads.values() for p in ports]
-    order_train = _needed(order, values, needed_ports)
-    program = _program(
+    order_train = needed(order, values, needed_ports)
+    program = build_program(
         spec, order_train, needed_ports, [(e.name, reads[e.name]) for e in edges], lambda n: n not in needs_grad
     )
 
     eval_ports = list(stage.eval) or ([spec.deploy] if spec.deploy else [])
-    order_eval = _needed(order, values, eval_ports)
-    eval_program = _program(spec, order_eval, eval_ports, [], lambda n: True, keep=eval_ports)
+    order_eval = needed(order, values, eval_ports)
+    eval_program = build_program(spec, order_eval, eval_ports, [], lambda n: True, keep=eval_ports)
 
     fit_inputs = [p for n in stage.fit for p in spec.nodes[n].inputs]
-    order_fit = _needed(order, values, fit_inputs)
-    fit_program = _program(spec, order_fit, fit_inputs, [], lambda n: True, keep=fit_inputs)
+    order_fit = needed(order, values, fit_inputs)
+    fit_program = build_program(spec, order_fit, fit_inputs, [], lambda n: True, keep=fit_inputs)
 
     return StagePlan(
         name=stage.name,
@@ -297,13 +229,7 @@ def _edge_ports(e) -> list[str]:
     return [e.src, e.dst, *e.port_params.values(), *([e.sample_weight] if e.sample_weight else []), *labels]
 
 
-def _needed(order: list[str], g: nx.DiGraph, ports: list[str]) -> list[str]:
-    targets = {node_of(p) for p in ports} - {DATA}
-    needed = set(targets).union(*(nx.ancestors(g, t) for t in targets)) if targets else set()
-    return [n for n in order if n in needed]
-
-
-def _program(
+def build_program(
     spec: GraphSpec,
     order: list[str],
     sink_ports: list[str],

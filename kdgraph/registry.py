@@ -1,4 +1,4 @@
-"""One registry per kind of graph element (nets, ops, losses), filled by decorators.
+"""One registry per kind of graph element (nets, ops, losses, datasets), filled by decorators.
 
     @register_net("resnet8x4")
     def resnet8x4(num_classes: int = 100, in_channels: int = 3) -> nn.Module: ...
@@ -9,9 +9,13 @@
     @register_op("mix")
     class Mix(nn.Module): ...
 
+    @register_dataset("digits")
+    class Digits(DatasetSource): ...       # info(cfg, base_dir) and load(cfg, base_dir, seed)
+
 The constructor's (or the function's) signature is the contract: the graph file's extra keys must
 be among its keyword parameters. The first line of the docstring is the one-line description that
-``kdgraph list`` prints.
+``kdgraph list`` prints. Filling the registries with the built-ins and plugins is ``kdgraph.catalog``'s
+job: this module imports nothing of what it holds.
 """
 
 from __future__ import annotations
@@ -116,17 +120,12 @@ class Registry:
 NETS = Registry("net")
 OPS = Registry("op")
 LOSSES = Registry("loss")
+DATASETS = Registry("dataset")
 
 register_net = NETS.register
 register_op = OPS.register
 register_loss = LOSSES.register
+register_dataset = DATASETS.register
 
-REGISTRIES = {"nets": NETS, "ops": OPS, "losses": LOSSES}
+REGISTRIES = {"nets": NETS, "ops": OPS, "losses": LOSSES, "datasets": DATASETS}
 
-
-def load_builtins() -> None:
-    """Import the built-in zoo, ops and losses, then installed plugins, so their decorators run (idempotent)."""
-    from . import losses, nets, ops  # noqa: F401
-    from .plugins import load_entry_point_plugins
-
-    load_entry_point_plugins()  # the `kdgraph.plugins` entry-point group, once per process

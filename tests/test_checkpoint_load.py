@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from kdgraph.catalog import load_builtins
 from kdgraph.errors import CheckpointError
 from kdgraph.nets.checkpoint import load_checkpoint
-from kdgraph.registry import NETS, load_builtins
+from kdgraph.registry import NETS
 
 load_builtins()
 

@@ -19,8 +19,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kdgraph.check import check_graph
 from kdgraph.errors import KDGraphError
-from kdgraph.graph import check_graph
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = sorted(p for p in (REPO / "graphs").rglob("*.yaml") if p.parent.name != "presets") + [

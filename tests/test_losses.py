@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdgraph.catalog import load_builtins
 from kdgraph.losses.basic import ce, kd, kl_prob
 from kdgraph.losses.dist import dist
 from kdgraph.losses.dkd import dkd, nckd, tckd
 from kdgraph.losses.feature import at, cosine, fitnet, mse
 from kdgraph.losses.relation import rkd
-from kdgraph.registry import LOSSES, load_builtins
+from kdgraph.registry import LOSSES
 
 TOL = 1e-8
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdgraph.catalog import load_builtins
 from kdgraph.losses.basic import kd
 from kdgraph.ops.adapters import ChannelMask, Connector, Generator, Pool, Projector
 from kdgraph.ops.call import Call
@@ -16,7 +17,7 @@ from kdgraph.ops.fusion import BranchHead, MixedFusion
 from kdgraph.ops.gradient import Detach, GradientReversal, Identity, Temperature
 from kdgraph.ops.logits import ClassTemperature, LinearHead, Mix, Simplifier, Soften
 from kdgraph.ops.match import ChannelMatch
-from kdgraph.registry import OPS, PortInfo, load_builtins
+from kdgraph.registry import OPS, PortInfo
 from kdgraph.schedule import Schedule
 
 

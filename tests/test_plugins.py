@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from kdgraph import plugins
+from kdgraph import catalog
+from kdgraph.catalog import load_builtins
+from kdgraph.check import dry_run
 from kdgraph.errors import SpecError
-from kdgraph.graph import DataInfo, dry_run
-from kdgraph.registry import LOSSES, OPS, REGISTRIES, load_builtins
+from kdgraph.graph import DataInfo
+from kdgraph.registry import LOSSES, OPS, REGISTRIES
 from kdgraph.spec import load_spec
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "plugins"
@@ -64,9 +66,9 @@ def test_a_plugin_file_next_to_the_graph_adds_the_op_it_uses() -> None:
 def test_loading_the_same_plugin_twice_is_idempotent() -> None:
     load_spec(FIXTURES / "graph.yaml")  # validate ...
     load_spec(FIXTURES / "graph.yaml")  # ... then run, in the same process
-    first = plugins.load_plugin("scale_op.py", FIXTURES)
-    assert plugins.load_plugin(str(FIXTURES / "scale_op.py")) is first  # another spelling of the same file
-    assert first.__name__ == plugins.file_module_name(FIXTURES / "scale_op.py")
+    first = catalog.load_plugin("scale_op.py", FIXTURES)
+    assert catalog.load_plugin(str(FIXTURES / "scale_op.py")) is first  # another spelling of the same file
+    assert first.__name__ == catalog.file_module_name(FIXTURES / "scale_op.py")
 
 
 def test_a_plugin_that_fails_to_import_is_one_located_line_and_rolled_back(tmp_path: Path) -> None:
@@ -134,7 +136,7 @@ def test_installed_plugins_load_through_the_entry_point_group(
         {"kdgraph_test_ep_ok": ok, "kdgraph_test_ep_calls": calls},
     )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setattr(plugins, "_entry_points_loaded", False)
+    monkeypatch.setattr(catalog, "_entry_points_loaded", False)
     with caplog.at_level(logging.WARNING, logger="kdgraph.plugins"):
         load_builtins()
         load_builtins()  # once per process: the second call loads nothing

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdgraph.catalog import load_builtins
 from kdgraph.graph import DataInfo, DistillGraph
 from kdgraph.losses.basic import kd
 from kdgraph.ops.propensity import Propensity, inverse_propensity
-from kdgraph.registry import OPS, load_builtins
+from kdgraph.registry import OPS
 from kdgraph.schedule import Schedule
 from kdgraph.spec import load_spec
 

@@ -120,7 +120,7 @@ def test_schema_errors(tmp_path: Path) -> None:
         load_spec(path)
     text = "\n".join(messages(err.value))
     assert "train.optimiser: unknown key 'optimiser' (did you mean 'optimizer'?)" in text
-    assert "data.dataset: 'cifar1000' is not one of" in text
+    assert "data.dataset: unknown dataset 'cifar1000' (did you mean 'cifar100'" in text  # the dataset registry
 
 
 def test_malformed_yaml_and_duplicate_keys(tmp_path: Path) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdgraph.check import dry_run
 from kdgraph.data import data_info_of
-from kdgraph.graph import DataInfo, DistillGraph, dry_run
+from kdgraph.graph import DataInfo, DistillGraph
 from kdgraph.spec import load_spec
-from kdgraph.step import LossMeter, TrainStep
 from kdgraph.train import Trainer, build_optimizer
+from kdgraph.train.step import LossMeter, TrainStep
 
 GRAPH = """\
 kdgraph: 1

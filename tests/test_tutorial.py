@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from kdgraph.catalog import load_builtins
 from kdgraph.cli import build_parser, main
-from kdgraph.registry import REGISTRIES, load_builtins
+from kdgraph.registry import REGISTRIES
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "authoring.md"

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdgraph.catalog import load_builtins
 from kdgraph.errors import CheckpointError
 from kdgraph.nets.shufflenet import channel_shuffle
-from kdgraph.registry import NETS, load_builtins
+from kdgraph.registry import NETS
 
 load_builtins()
 

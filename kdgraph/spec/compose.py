@@ -27,9 +27,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import Problem, did_you_mean
-from .plugins import is_file_plugin
-from .spec import Locator, Path_, default_edge_name, format_path, read_yaml, schema
+from ..catalog import is_file_plugin
+from ..errors import Problem, did_you_mean
+from .document import Locator, Path_, format_path, read_yaml
+from .model import default_edge_name
+from .schema import schema
 
 ENTRY_SECTIONS = ("nodes", "edges", "stages", "plugins")
 COSMETIC = ("title", "cite", "notes")

@@ -1,4 +1,10 @@
-"""Plugins: your own nets, ops and losses, registered with the decorators kdgraph's built-ins use.
+"""The catalog: fills the registries with the built-ins, the installed plugins and a graph's plugin files.
+
+The registries themselves (``kdgraph.registry``) know nothing of what fills them; this module is the
+one place that imports the built-in nets, ops, losses and datasets and the plugins.
+
+Plugins are your own nets, ops, losses and datasets, registered with the decorators kdgraph's
+built-ins use:
 
     # fusion.py, next to the graph file
     from kdgraph import register_op
@@ -10,7 +16,7 @@
     plugins: [fusion.py]        # .py files (relative to the graph file) or importable module names
 
 Installed packages are found through the ``kdgraph.plugins`` entry-point group, loaded once per
-process by ``registry.load_builtins()``:
+process by ``load_builtins()``:
 
     [project.entry-points."kdgraph.plugins"]
     my_ops = "my_package.kd_ops"          # a module (importing it registers), or a function to call
@@ -38,7 +44,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from .errors import Problem
-from .registry import REGISTRIES, load_builtins
+from .registry import REGISTRIES
 
 if TYPE_CHECKING:
     from .spec import Locator
@@ -47,6 +53,16 @@ ENTRY_POINT_GROUP = "kdgraph.plugins"
 _log = logging.getLogger("kdgraph.plugins")
 _entry_points_loaded = False
 _shown: dict[str, str] = {}  # module name of a plugin file -> the file as the graph names it (for messages)
+
+
+def load_builtins() -> None:
+    """Import the built-in nets, ops, losses and datasets, then installed plugins, so their decorators run.
+
+    Idempotent: the imports are cached by Python, the entry points are loaded once per process.
+    """
+    from . import datasets, losses, nets, ops  # noqa: F401  (importing them registers them)
+
+    load_entry_point_plugins()  # the `kdgraph.plugins` entry-point group, once per process
 
 
 class PluginError(Exception):

@@ -1,0 +1,19 @@
+"""The command line's positional arguments: graph files and key=value overrides, told apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def split_args(items: list[str]) -> tuple[list[str], list[str]]:
+    """Graph files and overrides from one argument list.
+
+    An override has '=' or starts with '~'/'+'; an item that is neither a file nor a .yaml name is
+    taken as an override too (`train.epochs` without a value), so its problem is named as such.
+    """
+    files, overrides = [], []
+    for item in items:
+        looks_like_file = item.endswith((".yaml", ".yml")) or Path(item).exists() or "/" in item
+        is_override = "=" in item or item.startswith(("~", "+")) or (files and not looks_like_file)
+        (overrides if is_override else files).append(item)
+    return files, overrides

@@ -1,0 +1,81 @@
+"""CIFAR-10 and CIFAR-100 in the python pickle format of the official archives (downloaded only with data.download)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..registry import register_dataset
+from .base import DataInfo, Dataset, DatasetSource, Split, data_root
+from .base import first_line as _first
+
+CIFAR_MEAN = {"cifar100": (0.5071, 0.4867, 0.4408), "cifar10": (0.4914, 0.4822, 0.4465)}
+
+CIFAR_STD = {"cifar100": (0.2675, 0.2565, 0.2761), "cifar10": (0.2470, 0.2435, 0.2616)}
+
+CIFAR_FILES = {
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+}
+
+
+def _cifar(name: str, root: Path, download: bool) -> Dataset:
+    folder, train_files, test_files, label_key = CIFAR_FILES[name]
+    where = root / folder
+    if not all((where / f).exists() for f in train_files + test_files):
+        if not download:
+            raise DataError(
+                f"{name} not found under {where}; set data.download: true or data.root to where {folder}/ lives"
+            )
+        try:
+            import torchvision
+
+            cls = torchvision.datasets.CIFAR100 if name == "cifar100" else torchvision.datasets.CIFAR10
+            cls(str(root), train=True, download=True)
+        except Exception as e:
+            raise DataError(
+                f"{name} is not under {where} and could not be downloaded ({_first(e)}); put "
+                f"{folder}/ there, or set data.root (or $KDGRAPH_DATA) to its parent folder"
+            ) from None
+
+    def read(files: list[str]) -> Split:
+        images, labels = [], []
+        for f in files:
+            try:
+                with open(where / f, "rb") as fh:
+                    entry = pickle.load(fh, encoding="bytes")
+                images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(entry[label_key])
+            except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
+                raise DataError(
+                    f"{where / f} is not a readable {name} file ({_first(e)}); delete it to download again"
+                ) from None
+        return Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
+
+    classes = 100 if name == "cifar100" else 10
+    return Dataset(name, read(train_files), read(test_files), classes, CIFAR_MEAN[name], CIFAR_STD[name])
+
+
+@register_dataset("cifar100")
+class Cifar100(DatasetSource):
+    """CIFAR-100: 50,000 train and 10,000 test images, 32x32 RGB, 100 classes."""
+
+    name = "cifar100"
+
+    def info(self, cfg: dict[str, Any], base_dir: Path) -> DataInfo:
+        return DataInfo(100 if self.name == "cifar100" else 10, 3, 32)
+
+    def load(self, cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
+        return _cifar(self.name, data_root(cfg, base_dir), bool(cfg.get("download", False)))
+
+
+@register_dataset("cifar10")
+class Cifar10(Cifar100):
+    """CIFAR-10: 50,000 train and 10,000 test images, 32x32 RGB, 10 classes."""
+
+    name = "cifar10"

@@ -1,0 +1,263 @@
+"""The graph document: YAML read with every path's line, the Locator, overrides, the resolved dump.
+
+A path inside the document is a tuple: ("nodes", "student", "net") or ("edges", 2, "to").
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ..errors import Problem, SpecError, did_you_mean
+from ..presets import apply_named_preset
+from .defaults import DATA_DEFAULTS, TRAIN_DEFAULTS
+
+if TYPE_CHECKING:
+    from .model import GraphSpec
+
+
+Path_ = tuple  # a path inside the document: ("nodes", "student", "net") or ("edges", 2, "to")
+
+
+def format_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@dataclass
+class Locator:
+    """Where each path of the document came from: (file, line), or an override on the command line."""
+
+    origins: dict[Path_, tuple[str, int | None]] = field(default_factory=dict)
+    default_file: str = "<graph>"
+
+    def where(self, path: Path_) -> tuple[str, int | None]:
+        for n in range(len(path), -1, -1):
+            if tuple(path[:n]) in self.origins:
+                return self.origins[tuple(path[:n])]
+        return self.default_file, None
+
+    def problem(self, path: Path_, message: str, hint: str | None = None) -> Problem:
+        file, line = self.where(path)
+        return Problem(format_path(path), message, line, file, hint)
+
+
+def read_yaml(path: Path, locator: Locator, problems: list[Problem]) -> Any:
+    """Parse one YAML file, recording each path's line; duplicate keys are problems."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(Problem("", f"graph file {str(path)!r} does not exist", file=str(path))) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(Problem("", f"cannot read graph file: {e}", file=str(path))) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        what = getattr(e, "problem", None) or str(e).split("\n")[0]
+        raise SpecError(
+            Problem("", f"malformed YAML: {what}", mark.line + 1 if mark else None, str(path), "fix the YAML syntax")
+        ) from None
+    finally:
+        loader.dispose()
+    if node is not None:
+        _record_lines(node, (), str(path), locator, problems)
+    return data
+
+
+def _record_lines(node: yaml.Node, path: Path_, file: str, locator: Locator, problems: list[Problem]) -> None:
+    locator.origins[path] = (file, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                problems.append(
+                    Problem(
+                        format_path((*path, key)),
+                        "duplicate key",
+                        key_node.start_mark.line + 1,
+                        file,
+                        "each key may appear once per mapping",
+                    )
+                )
+            seen.add(key)
+            locator.origins[(*path, key)] = (file, key_node.start_mark.line + 1)
+            _record_lines(value_node, (*path, key), file, locator, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _record_lines(item, (*path, i), file, locator, problems)
+
+
+def parse_override_key(key: str) -> Path_:
+    """'edges[2].weight' or 'edges.2.weight' -> ('edges', 2, 'weight')."""
+    parts: list[Any] = []
+    for token in re.split(r"\.|\[|\]", key):
+        if token == "":
+            continue
+        parts.append(int(token) if re.fullmatch(r"-?\d+", token) else token)
+    return tuple(parts)
+
+
+def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[Problem]:
+    """Apply `key=value`, `+key=value` (add), `++key=value` (add or replace) and `~key` (remove), in order."""
+    problems: list[Problem] = []
+    for text in overrides:
+        origin = ("<command line>", None)
+        where = f"override {text!r}"
+        mode = "set"
+        body = text
+        if text.startswith("++"):
+            mode, body = "force", text[2:]
+        elif text.startswith("+"):
+            mode, body = "add", text[1:]
+        elif text.startswith("~"):
+            mode, body = "remove", text[1:]
+        if mode == "remove":
+            key, raw = body, None
+        elif "=" not in body:
+            problems.append(
+                Problem("", f"{where} has no '='", file="<command line>", hint="write key=value, +key=value or ~key")
+            )
+            continue
+        else:
+            key, raw = body.split("=", 1)
+        path = parse_override_key(key.strip())
+        if not path:
+            problems.append(Problem("", f"{where} names no key", file="<command line>"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw is not None else None
+        except yaml.YAMLError:
+            problems.append(
+                Problem(format_path(path), f"{where}: value is not valid YAML", file="<command line>", hint="quote it")
+            )
+            continue
+        if path == ("preset",) and mode == "set":  # `--preset NAME`: a whole small-run rewrite, see presets.py
+            problems += apply_named_preset(doc, value, locator.default_file)
+            continue
+        parent: Any = doc
+        ok = True
+        for i, part in enumerate(path[:-1]):
+            child = _child(parent, part)
+            if child is _MISSING and (mode == "force" or _has_default(path[: i + 1])) and isinstance(parent, dict):
+                child = parent[part] = {}  # ++ creates the mappings on its way
+            if child is _MISSING:
+                hint = _key_hint(parent, part)
+                problems.append(
+                    Problem(format_path(path[: i + 1]), f"{where}: no such key", file="<command line>", hint=hint)
+                )
+                ok = False
+                break
+            parent = child
+        if not ok:
+            continue
+        last = path[-1]
+        exists = _child(parent, last) is not _MISSING
+        if mode == "set" and not exists and _has_default(path):
+            mode = "add"  # a setting with a default exists even when the file does not write it
+        if mode == "set" and not exists:
+            known = list(parent) if isinstance(parent, dict) else []
+            known += list(_defaults_at(path[:-1]))
+            hint = (did_you_mean(str(last), sorted({str(k) for k in known})) if known else _key_hint(parent, last)) or (
+                f"use +{key}=... to add a new key"
+            )
+            problems.append(Problem(format_path(path), f"{where}: no such key", file="<command line>", hint=hint))
+            continue
+        if mode == "add" and exists:
+            problems.append(
+                Problem(
+                    format_path(path),
+                    f"{where}: key already exists",
+                    file="<command line>",
+                    hint=f"use {key}=... to change it",
+                )
+            )
+            continue
+        if mode == "remove" and not exists:
+            problems.append(
+                Problem(
+                    format_path(path),
+                    f"{where}: no such key to remove",
+                    file="<command line>",
+                    hint=_key_hint(parent, last),
+                )
+            )
+            continue
+        if mode == "remove":
+            del parent[last]
+            continue
+        if path == ("data", "root") and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            value = str(Path.cwd() / value)  # a path typed on the command line is relative to where it was typed
+        if isinstance(parent, list):
+            if last == len(parent):
+                parent.append(value)
+            else:
+                parent[last] = value
+        elif isinstance(parent, dict):
+            parent[last] = value
+        else:
+            problems.append(Problem(format_path(path[:-1]), f"{where}: not a mapping or list", file="<command line>"))
+            continue
+        for p in [p for p in locator.origins if p[: len(path)] == path]:
+            del locator.origins[p]
+        locator.origins[path] = origin
+    return problems
+
+
+_MISSING = object()
+
+
+def _defaults_at(path: Path_) -> dict:
+    node: Any = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _has_default(path: Path_) -> bool:
+    """`train.limit_batches`, `data.subset`, `train.optimizer.nesterov`: keys with a built-in default."""
+    node: Any = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _child(parent: Any, part: Any) -> Any:
+    if isinstance(parent, dict):
+        return parent.get(part, _MISSING)
+    if isinstance(parent, list) and isinstance(part, int):
+        return parent[part] if -len(parent) <= part < len(parent) else _MISSING
+    return _MISSING
+
+
+def _key_hint(parent: Any, part: Any) -> str | None:
+    if isinstance(parent, dict):
+        return did_you_mean(str(part), [str(k) for k in parent])
+    if isinstance(parent, list):
+        return f"the list has {len(parent)} items, indices 0..{len(parent) - 1}; +key appends at index {len(parent)}"
+    return None
+
+
+def merge(base: dict, top: dict) -> dict:
+    """Deep-merge `top` over `base` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def dump_resolved(spec: GraphSpec) -> str:
+    """The resolved document as YAML (what `validate --resolved` prints and a run directory keeps)."""
+    return yaml.safe_dump(spec.doc, sort_keys=False, default_flow_style=None, width=110)

@@ -1,0 +1,124 @@
+"""Init actions (checkpoint, another graph, an earlier stage, a snapshot), dependency graphs and their cache.
+
+``init: {from: GRAPH.yaml}`` trains that graph first, in kdgraph's cache (``kdgraph/cache.py``:
+``$KDGRAPH_CACHE``, default ``~/.cache/kdgraph``) under the hash of its resolved spec, or reuses its
+final weights when they are there.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from ..cache import CACHE_ENV, cache_root
+from ..console import plural
+from ..data import Loader
+from ..errors import CheckpointError
+from ..initcheck import dependency_overrides
+from ..nets.checkpoint import load_checkpoint
+from ..plan import StagePlan
+from ..spec import load_spec
+
+__all__ = ["CACHE_ENV", "InitActions", "cache_root"]
+
+
+class InitActions:
+    """The Trainer's init part: init actions, dependencies, snapshots and fits (a mixin of ``Trainer``)."""
+
+    def _init_node(self, name: str, init: dict[str, Any], path: tuple) -> None:
+        """Apply one init action; a failure is reported at the graph file's line that asked for it."""
+        try:
+            self._apply_init(name, init)
+        except CheckpointError as e:
+            kind = next((k for k in ("checkpoint", "from", "stage", "snapshot") if k in init), None)
+            raise CheckpointError(self.spec.problem((*path, kind) if kind else path, str(e)).format()) from None
+
+    def _apply_init(self, name: str, init: dict[str, Any]) -> None:
+        module = self.graph.nodes[name]
+        if "checkpoint" in init:
+            path = (self.spec.base_dir / init["checkpoint"]).expanduser()
+            load_checkpoint(module, path, key=init.get("key", "model"), strict=init.get("strict", True))
+        elif "from" in init:
+            state = self._train_dependency(init["from"])
+            self._load_node_state(name, init.get("node", name), state, f"graph {init['from']}")
+        elif "stage" in init:
+            self._load_node_state(
+                name, init.get("node", name), self.stage_ends[init["stage"]], f"stage {init['stage']}"
+            )
+        elif "snapshot" in init:
+            self._load_node_state(
+                name, init.get("node", name), self.snapshots[init["snapshot"]], f"snapshot {init['snapshot']}"
+            )
+        self.log(f"  init {name}: {json.dumps(init)}")
+
+    def _load_node_state(self, name: str, source_node: str, graph_state: dict[str, Any], where: str) -> None:
+        prefix = f"nodes.{source_node}."
+        sub = {k[len(prefix) :]: v for k, v in graph_state.items() if k.startswith(prefix)}
+        if not sub:
+            raise CheckpointError(f"{where} has no node {source_node!r} to initialise {name!r} from")
+        try:
+            result = self.graph.nodes[name].load_state_dict(sub, strict=False)
+        except RuntimeError as e:  # shapes differ: one line, not torch's page (validate finds it earlier)
+            why = str(e).strip().splitlines()[-1].strip()
+            raise CheckpointError(f"node {name!r} does not fit {source_node!r} of {where}: {why}") from None
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"node {name!r} does not fit {source_node!r} of {where}: missing "
+                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+
+    def _train_dependency(self, rel: str) -> dict[str, Any]:
+        """Train another graph file first, or reuse its cached final weights (keyed by its spec hash)."""
+        path = self.spec.base_dir / rel
+        child = load_spec(path, dependency_overrides(self.spec.overrides, {}) + self.init_overrides)
+        folder = cache_root() / f"{child.name}-{child.hash()}"
+        final = folder / "final.pt"
+        if final.exists():
+            self.log(f"  reusing {rel} from {folder}")
+            return torch.load(final, map_location="cpu", weights_only=False)["graph"]
+        self.log(f"  training {rel} first (cached in {folder})")
+        resume = (folder / "checkpoints" / "latest.json").exists()  # an interrupted earlier attempt
+        folder.mkdir(parents=True, exist_ok=True)
+        type(self)(
+            child, folder, accelerator=self.accelerator, log=self.log.nested(child.name), resume=resume,
+            init_overrides=self.init_overrides,
+        ).run()
+        return torch.load(final, map_location="cpu", weights_only=False)["graph"]
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.graph.state_dict().items()}
+
+    def _stage_setup(self, spec_stage, stage_plan: StagePlan, fit_loader: Loader) -> None:
+        """Init actions, the snapshot of the stage's starting weights, and the data fits."""
+        self.log(
+            f"stage {stage_plan.name}: trains {', '.join(stage_plan.trainable) or 'nothing'}"
+            f" for {plural(spec_stage.epochs, 'epoch')}"
+        )
+        if stage_plan.index == 0:
+            for name, node in self.spec.nodes.items():
+                if node.init:
+                    self._init_node(name, node.init, ("nodes", name, "init"))
+        for name, init in spec_stage.init.items():
+            self._init_node(name, init, ("stages", stage_plan.index, "init", name))
+        if self._snapshot_needed(stage_plan.name, "snapshot"):
+            self.snapshots[stage_plan.name] = self._snapshot()
+            self._save_side("snapshots", stage_plan.name, self.snapshots[stage_plan.name])
+        if stage_plan.fit:
+            self._fit(stage_plan, fit_loader)
+
+    def _snapshot_needed(self, stage: str, kind: str) -> bool:
+        inits = [s.init for s in self.spec.stages]
+        return any(i.get(kind) == stage for group in inits for i in group.values())
+
+    def _fit(self, stage_plan: StagePlan, loader: Loader) -> None:
+        self.graph.stage = stage_plan
+        self.graph.eval()
+        for name in stage_plan.fit:
+            self.graph.nodes[name].fit_begin()
+        for batch in loader.epoch(1, stage_plan.index):
+            self.graph.fit_batch(batch.image, batch.label)
+        for name in stage_plan.fit:
+            self.graph.nodes[name].fit_end()
+            self.log(f"  fitted {name} on {len(loader)} batches")

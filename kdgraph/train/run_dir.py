@@ -1,0 +1,201 @@
+"""The run directory: its files (spec.yaml, run.json), metrics.jsonl, checkpoints and side files.
+
+A run directory holds ``spec.yaml`` (the resolved graph), ``run.json`` (command, overrides, hash,
+versions), ``metrics.jsonl``, ``checkpoints/`` and, when done, ``final.pt`` and ``summary.json``.
+Checkpoints are written atomically and name how many metrics lines are good, so a resumed run
+continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..errors import CheckpointError, RunError
+from ..rng import rng_state
+from ..spec import GraphSpec, dump_resolved
+from ..trackers import scalars
+
+RUN_FILES = ("run.json", "spec.yaml", "metrics.jsonl", "checkpoints", "summary.json", "final.pt")
+
+
+def use_cpu() -> bool:
+    """Whether runs use the CPU: no CUDA, or KDGRAPH_CPU=1."""
+    return not torch.cuda.is_available() or os.environ.get("KDGRAPH_CPU") == "1"
+
+
+def launched_processes() -> int:
+    """How many processes a launcher (torchrun, accelerate launch, mpirun) started for this run."""
+    for key in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1
+
+
+def new_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
+    """A fresh run directory; an existing non-empty one is refused, or with `force` emptied first.
+
+    Under a multi-process launcher the main process chooses (the default name holds the time) and
+    creates it, and every process receives the same path, or the same error.
+    """
+    if launched_processes() == 1:
+        return _make_run_dir(spec, out, force)
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState(cpu=use_cpu())  # the Trainer's Accelerator reuses this process group
+    answer: list[Any] = [None]
+    if state.is_main_process:
+        try:
+            answer = [str(_make_run_dir(spec, out, force))]
+        except RunError as e:
+            answer = [e]
+    broadcast_object_list(answer, from_process=0)
+    if isinstance(answer[0], RunError):
+        raise answer[0]
+    return Path(answer[0])
+
+
+def _make_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
+    """`force` only ever empties a folder that holds a kdgraph run, never any other folder."""
+    if out is None:
+        base = Path("runs") / spec.name / time.strftime("%Y%m%d-%H%M%S")
+        run_dir, n = base, 1
+        while run_dir.exists():
+            run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    else:
+        run_dir = Path(out)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunError(f"{run_dir} exists and is not a directory; choose another --out")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not force:
+                raise RunError(
+                    f"run directory {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
+                    "pass --force to overwrite it, or choose another --out"
+                )
+            if not any((run_dir / f).exists() for f in RUN_FILES):
+                raise RunError(f"{run_dir} is not a kdgraph run directory; --force will not empty it")
+            for child in run_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+@dataclass
+class Position:
+    """Where a run is: saved in every checkpoint, so a resumed run continues at this very batch."""
+
+    stage: int = 0
+    epoch: int = 1
+    batch: int = 0  # batches done in this epoch
+    step: int = 0  # optimizer steps so far, over all stages
+    setup_done: bool = False  # this stage's init actions and fits are applied
+
+
+class RunFiles:
+    """The Trainer's run-directory part: run files, metrics lines, checkpoints (a mixin of ``Trainer``)."""
+
+    def _write_run_files(self) -> None:
+        if not self.main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "spec.yaml").write_text(dump_resolved(self.spec))
+        info = {
+            "name": self.spec.name,
+            "source": str(self.spec.source.resolve()) if self.spec.source else None,
+            "overrides": self.spec.overrides,
+            "hash": self.spec.hash(),
+            "argv": sys.argv,
+            "torch": torch.__version__,
+            "processes": self.accelerator.num_processes,
+            "distributed_type": str(self.accelerator.distributed_type).split(".")[-1],
+            "mixed_precision": self.accelerator.mixed_precision,
+            "device": str(self.device),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2))
+
+    def _save_side(self, kind: str, name: str, state: dict[str, Any]) -> None:
+        if self.main:
+            (self.run_dir / kind).mkdir(exist_ok=True)
+            ckpt.save_file(self.run_dir / kind / f"{name}.pt", state)
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        if self.main:
+            try:
+                with open(self.metrics_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                    fh.flush()
+            except OSError as e:  # the checkpoint names how many lines are good: a torn line is cut on resume
+                why = e.strerror or e
+                raise RunError(f"could not write {self.metrics_path} ({why}); the last checkpoint is kept") from None
+        if getattr(self, "tracking", False):  # train.log_with: the same record to the trackers
+            self.accelerator.log(scalars(record), step=record["step"])
+
+    def _metrics_lines(self) -> int:
+        """Lines of metrics.jsonl, made durable first: the checkpoint about to name them must find them."""
+        if not self.metrics_path.exists():
+            return 0
+        with open(self.metrics_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+            return sum(1 for _ in fh)
+
+    def _truncate_metrics(self, lines: int) -> None:
+        if self.main and self.metrics_path.exists():
+            kept = self.metrics_path.read_text().splitlines(keepends=True)[:lines]
+            ckpt.atomic_write_bytes(self.metrics_path, "".join(kept).encode())
+
+    def _save(self, pos: Position, optimizer, acc_state: dict[str, Any]) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.main:
+            return
+        state = {
+            "graph": self.graph.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer else None,
+            "position": pos.__dict__.copy(),
+            "rng": rng_state(),
+            "metrics_lines": self._metrics_lines(),
+            "best": dict(self.best),
+            "last_eval": dict(self.last_eval),
+            "stage_results": dict(self.stage_results),
+            "accumulators": acc_state,
+            "hash": self.spec.hash(),
+            "snapshots": list(self.snapshots),
+            "stage_ends": list(self.stage_ends),
+        }
+        ckpt.save_checkpoint(self.run_dir / "checkpoints", state, pos.step)
+        self.saved_step = pos.step
+
+    def _restore(self) -> tuple[Position, dict[str, Any]]:
+        state = ckpt.load_latest(self.run_dir / "checkpoints")
+        if state["hash"] != self.spec.hash():
+            raise CheckpointError(
+                f"{self.run_dir} was started from a different graph (hash {state['hash']} != "
+                f"{self.spec.hash()}); resume with the same graph and overrides"
+            )
+        self.graph.load_state_dict(state["graph"])
+        for kind, names, target in (
+            ("snapshots", state["snapshots"], self.snapshots),
+            ("stage_ends", state["stage_ends"], self.stage_ends),
+        ):
+            for name in names:
+                side = self.run_dir / kind / f"{name}.pt"
+                try:
+                    target[name] = torch.load(side, map_location="cpu", weights_only=False)
+                except (OSError, RuntimeError, EOFError) as e:
+                    raise CheckpointError(f"cannot read {side} ({e}); start a new run") from None
+        self.best, self.last_eval = state["best"], state["last_eval"]
+        self.stage_results = state.get("stage_results", {})
+        self._truncate_metrics(state["metrics_lines"])
+        self._pending_rng = state["rng"]
+        self.saved_step = state["position"]["step"]
+        return Position(**state["position"]), state
