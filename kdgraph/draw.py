@@ -193,15 +193,15 @@ def plan_for_drawing(spec: GraphSpec) -> tuple[Plan, dict[str, NodeFacts], dict[
     second and nothing is initialised, downloaded or loaded. An op that cannot be built on meta
     is retried once on the CPU.
     """
-    import torch
 
     from .data import data_info
     from .graph import DistillGraph
+    from .meta import weightless
 
     spec = _without_pretrained(spec)
     info = data_info(spec.data, spec.base_dir)
     try:
-        with torch.device("meta"):
+        with weightless():  # meta device, initialisers skipped (they would import torch._dynamo)
             graph = DistillGraph(spec, info)
     except Exception:  # e.g. an op that reads a value in __init__: retry for real, raising the real error
         graph = DistillGraph(spec, info)

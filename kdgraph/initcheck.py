@@ -47,14 +47,27 @@ def _node_state(state: Mapping[str, torch.Tensor], node: str) -> dict[str, torch
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _dependency_state(spec: GraphSpec, init: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The dependency graph's state_dict as the run would train it, built on the meta device."""
+def _declared(node: Any) -> tuple:
+    return node.kind, node.type, node.params, node.inputs, node.taps
+
+
+def _dependency_state(spec: GraphSpec, name: str, init: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The dependency graph's state_dict as the run would train it, built on the meta device.
+
+    None when its node is declared exactly as ours (same net or op, parameters, inputs, data): it fits
+    by construction, and the build (whose meta-device init imports much of torch) is skipped.
+    """
     from .check import spec_data_info
     from .graph import DistillGraph
+    from .meta import weightless
     from .spec import load_spec
 
     child = load_spec(spec.base_dir / init["from"], dependency_overrides(spec.overrides, init))
-    with torch.device("meta"):
+    theirs = child.nodes.get(init.get("node", name))
+    alike = theirs is not None and _declared(spec.nodes[name]) == _declared(theirs)
+    if alike and spec_data_info(spec) == spec_data_info(child):
+        return None
+    with weightless():
         return DistillGraph(child, spec_data_info(child)).state_dict()
 
 
@@ -85,7 +98,10 @@ def init_problems(spec: GraphSpec, graph: DistillGraph) -> list[Problem]:
                 load_checkpoint(copy.deepcopy(graph.nodes[name]), target, key=init.get("key", "model"), strict=strict)
                 continue
             if kind == "from":
-                state, what = _node_state(_dependency_state(spec, init), source), f"graph {init['from']}"
+                full = _dependency_state(spec, name, init)
+                if full is None:
+                    continue  # declared alike: it fits
+                state, what = _node_state(full, source), f"graph {init['from']}"
             else:
                 if source not in graph.nodes:
                     problems.append(spec.problem(where, f"init {kind}: {init[kind]}: no node {source!r} to copy"))
