@@ -45,3 +45,16 @@ def test_every_argument_has_help_and_the_override_syntax_is_shown() -> None:
     run_help = sub.choices["run"].format_help()
     for syntax in ("key=value", "+key=value", "++key=value", "~key", "example:", "--stop-after"):
         assert syntax in run_help
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_validate_and_plan_import_only_what_they_use(command: str, tmp_path) -> None:
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "KDGRAPH_CACHE": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-X", "importtime", "-m", "kdgraph", command, str(REPO / "graphs" / "slkd.yaml")]
+    for _ in range(2):  # the first start caches the torchvision model list; the second only reads it
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    top = {m.group(1).split(".")[0] for m in re.finditer(r"\|\s+(\S+)$", proc.stderr, re.M)}
+    assert not top & {"torchvision", "scipy", "sklearn", "matplotlib", "accelerate"}
