@@ -251,9 +251,8 @@ SIZES = {
 }
 
 
-def setup(case: str, device: torch.device):
+def setup(case: str, device: torch.device, batch: int):
     """Both variants of a case from the same weights, and the batch; None and a reason when it cannot run."""
-    batch = SIZES[device.type][case][0]
     doc = CASES[case](batch)
     lacking = missing(doc)
     if lacking:
@@ -277,10 +276,11 @@ def same_weights(kdg, hand: HandLoop) -> bool:
     )
 
 
-def run_case(case: str, device: torch.device, repeats: int | None, mem_repeats: int) -> dict:
-    batch, steps, default_repeats = SIZES[device.type][case]
+def run_case(case: str, device: torch.device, repeats: int | None, mem_repeats: int, batch: int | None = None) -> dict:
+    default_batch, steps, default_repeats = SIZES[device.type][case]
+    batch = batch or default_batch
     repeats = repeats or default_repeats
-    built, reason = setup(case, device)
+    built, reason = setup(case, device, batch)
     if built is None:
         return {"case": case, "skipped": reason}
     kdg, hand, a, b = built
@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     p.add_argument("--repeats", type=int, help="timed blocks per variant (default per case)")
+    p.add_argument("--batch", type=int, help="batch size of every case (default per case and device)")
     p.add_argument("--mem-repeats", type=int, default=3, help="memory measurements per variant")
     p.add_argument("--max-time-ratio", type=float, default=1.03)
     p.add_argument("--max-mem-ratio", type=float, default=1.05)
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ok = True
     for case in args.cases.split(","):
-        r = run_case(case.strip(), device, args.repeats, args.mem_repeats)
+        r = run_case(case.strip(), device, args.repeats, args.mem_repeats, args.batch)
         if "skipped" in r:
             print(f"{r['case']:6} skipped: {r['skipped']}")
             continue

@@ -21,6 +21,8 @@ Configurations (each changes one thing from ``base``, except ``fast``):
     host           loader: host (tensors in host memory, augmented there, copied per batch)
     torchvision    loader: torchvision (DataLoader, PIL transforms, --workers processes)
     fast           bf16 + channels_last + compile
+    cache          train.cache: auto (frozen teachers' outputs stored per sample and crop/flip; the timed steps
+                   run after the warm-up, so a lazily filled store is still filling: see teacher_cache.py)
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ CONFIGS: dict[str, list[str]] = {
     "host": ["++data.loader=host"],
     "torchvision": ["++data.loader=torchvision"],
     "fast": ["++train.precision=bf16", "++train.channels_last=true", "++train.compile=true"],
+    "cache": ["++train.cache=auto"],
 }
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .data import data_info
 from .datasets.base import DataInfo
-from .errors import NodeError, PlanError, SpecError, first_line, sort_problems
+from .errors import NodeError, PlanError, SpecError, error_of, first_line, sort_problems
 from .graph import DistillGraph
 from .registry import DATASETS
 from .rng import rng_state, seed_everything, set_rng_state
@@ -58,7 +58,7 @@ def check_graph(path: str | Path, overrides: list[str] | None = None, *, dry: bo
         if e.spec is None:
             raise
         more = DistillGraph.problems_of(e.spec, _guessed_data_info(e.spec), e.problems)
-        raise type(e)(sort_problems(e.problems + more)) from None
+        raise error_of(sort_problems(e.problems + more)) from None
     return check_spec(spec, dry=dry)
 
 
@@ -118,21 +118,20 @@ def probe(graph: DistillGraph, batch: int = 2) -> None:
             graph.evaluate(image)
         except NodeError as e:
             where = f" in stage {stage.name!r}" if spec.doc.get("stages") else ""
-            problems.append(spec.problem(_error_path(spec, e), f"{e.what}: {e.message}{where}", e.hint))
+            problems.append(spec.problem(_error_path(spec, e), f"{e.what}: {e.message}{where}", e.hint, "dry_run"))
             break
         except RuntimeError as e:  # the forward worked: the backward did not
             where = f" of stage {stage.name!r}" if spec.doc.get("stages") else ""
-            problems.append(spec.problem((), f"the backward pass{where} failed: {first_line(e)}"))
+            problems.append(spec.problem((), f"the backward pass{where} failed: {first_line(e)}", kind="dry_run"))
             break
     if problems:
         raise PlanError(problems)
 
 
 def _error_path(spec: GraphSpec, e: NodeError) -> tuple:
-    what = e.what
-    if what.startswith("edge "):
-        name = what.split("'")[1]
-        return ("edges", spec.edge(name).index, *([e.key] if e.key else []))
-    if what.startswith("node "):
-        return ("nodes", what.split("'")[1])
+    """Where in the graph file the failed node or edge is written (down to its key at fault, when known)."""
+    if e.edge is not None:
+        return ("edges", spec.edge(e.edge).index, *([e.key] if e.key else []))
+    if e.node is not None:
+        return ("nodes", e.node)
     return ()

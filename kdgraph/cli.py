@@ -59,6 +59,8 @@ def _count(n: int) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .check import check_graph
     from .export import deployed_parameter_count, deployed_parts
+    from .memory import memory_table
+    from .train.cache import cache_plan_lines
 
     files, overrides = split_args(args.items)
     overrides = _with_preset(args, overrides)
@@ -66,6 +68,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise SpecError("plan takes one graph file")
     spec, graph = check_graph(files[0], overrides, dry=False)
     plan = graph.plan
+    memory = {m.stage: m for m in _memory(spec, graph, args.batch)} if args.memory else {}
     print(f"{spec.name}: {spec.title}")
     for stage in plan.stages:
         stage_spec = spec.stages[stage.index]
@@ -93,11 +96,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"  fits: {', '.join(stage.fit)}")
         print(f"  param groups: {', '.join(stage.trainable) or 'none'} (one per node)")
         print(f"  evaluates: {', '.join(stage.eval_ports) or 'nothing'}")
+        for line in cache_plan_lines(spec, graph, stage, getattr(graph.data_info, "num_train", None)):
+            print(line)
+        if stage.name in memory:
+            print("\n".join(memory_table(memory[stage.name])))
     if plan.deploy:
         count = deployed_parameter_count(graph)  # a `call` op's copied submodule, not its whole node
         parts = deployed_parts(graph)
         print(f"\ndeploy {plan.deploy}: nodes {', '.join(parts)}; {count:,} deployed parameters")
     return 0
+
+
+def _memory(spec, graph, batch: int | None) -> list:
+    """The memory estimate per stage, or nothing (with the reason) when the graph cannot run on fake tensors."""
+    from .memory import estimate_memory
+
+    try:
+        return estimate_memory(spec, graph.data_info, batch)
+    except Exception as e:  # an op without a fake-tensor kernel, a loss that reads values: no estimate, said so
+        print(f"(no memory estimate: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return []
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -311,10 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--no-dry-run", action="store_true", help="skip the shape-checking dry run")
     val.set_defaults(func=cmd_validate)
 
-    pl = _command(sub, "plan", "show the execution plan of each stage (order, no_grad, parameters, frees)",
+    pl = _command(sub, "plan", "show the execution plan of each stage (order, no_grad, parameters, frees, memory)",
                   epilog=OVERRIDES_HELP)
     pl.add_argument("items", nargs="+", metavar="GRAPH|key=value", help=GRAPH_ITEMS)
     pl.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
+    pl.add_argument("--batch", type=int, help="batch size of the memory estimate (default: data.batch_size)")
+    pl.add_argument(
+        "--no-memory", dest="memory", action="store_false", help="skip the memory estimate (a step on fake tensors)"
+    )
     pl.set_defaults(func=cmd_plan)
 
     ls = _command(sub, "list", "list the registered nets, ops, losses and datasets")
@@ -399,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, where it is handled, not at exit
+        return code
     except KDGraphError as e:
         for line in e.lines():
             print(line, file=sys.stderr)

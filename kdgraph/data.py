@@ -24,7 +24,7 @@ handwritten digits, no download), ``synthetic`` (learnable class prototypes plus
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from .catalog import load_builtins
 from .datasets.base import DataInfo, Dataset, FolderSplit, Split, subset
 from .errors import DataError
+from .output_cache import variant_ids
 from .registry import DATASETS
 
 
@@ -97,6 +98,7 @@ class Batch:
     image: torch.Tensor
     label: torch.Tensor
     index: torch.Tensor
+    variant: torch.Tensor | None = None  # each sample's crop/flip as one number (the output cache's key)
 
 
 def pad_of(image_size: int) -> int:
@@ -186,11 +188,13 @@ class TensorLoader:
         for b in range(start, self.num_batches):
             idx = _shard(order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world)
             images = self.split.images[idx]
+            variant = None
             if augment:
                 images = crop_flip(images, oy[idx], ox[idx], flip[idx], self.pad)
+                variant = variant_ids(oy[idx], ox[idx], flip[idx], self.pad).to(self.device, non_blocking=True)
             images = images.to(self.device, non_blocking=True)
             labels = self.split.labels[idx].to(self.device, non_blocking=True)
-            yield Batch(self.normalizer(images), labels, idx.to(self.device, non_blocking=True))
+            yield Batch(self.normalizer(images), labels, idx.to(self.device, non_blocking=True), variant)
 
 
 # ----------------------------------------------------------------------------- the torchvision loader
@@ -386,12 +390,16 @@ def make_loaders(
 
 
 def data_info(cfg: dict[str, Any], base_dir: Path | None = None) -> DataInfo:
-    """Classes, channels and image size of a `data:` section without loading the data.
+    """Classes, channels, image size and training samples of a `data:` section without loading the data.
 
-    The registered dataset's ``info`` answers (relative paths from `base_dir`, the graph file's folder).
+    The registered dataset's ``info`` answers (relative paths from `base_dir`, the graph file's folder);
+    `subset` caps the training samples, as loading does.
     """
     load_builtins()
-    return DATASETS.get(cfg["dataset"]).obj().info(cfg, base_dir or Path.cwd())
+    info = DATASETS.get(cfg["dataset"]).obj().info(cfg, base_dir or Path.cwd())
+    if info.num_train is not None and cfg.get("subset"):
+        info = replace(info, num_train=min(info.num_train, int(cfg["subset"])))
+    return info
 
 
 def data_info_of(cfg: dict[str, Any], base_dir: Path | None = None) -> tuple[int, int, int]:

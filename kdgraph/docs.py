@@ -20,7 +20,7 @@ from .catalog import load_builtins
 from .registry import LOSSES, NETS, OPS, Entry, PortInfo, Registry
 
 REGENERATE = "kdgraph list --markdown -o docs/reference.md"
-FROM_DATA = ("num_classes", "in_channels", "image_size")  # the engine fills these from the dataset
+FROM_DATA = ("num_classes", "in_channels", "image_size", "num_train")  # the engine fills these from the dataset
 PLUMBING = ("in_info", "nodes")  # the engine passes these to ops; never written in a graph file
 LOSS_INPUTS = ("labels", "sample_weight")  # data.label, and the edge's `sample_weight:` port
 

@@ -160,7 +160,7 @@ def load_run(run_dir: Path) -> tuple[GraphSpec, RunResults]:
 
 def _missing_init_file(problem) -> bool:
     """A not-yet-available checkpoint or teacher graph: irrelevant to a drawing."""
-    return ".init" in problem.path and problem.path.endswith((".checkpoint", ".from")) and "exist" in problem.message
+    return problem.kind == "missing_file"
 
 
 def load_for_drawing(path: str | Path, overrides: list[str], document: dict | None = None) -> GraphSpec:
@@ -261,7 +261,7 @@ def loss_label(edge, value: float | None = None) -> str:
 
     params = " ".join(f"{k}={fmt_schedule(v)}" for k, v in edge.params.items())
     text = " ".join(t for t in (edge.loss, params, f"×{fmt_schedule(edge.weight)}") if t)
-    default = default_edge_name(edge.loss, edge.src, edge.dst)
+    default = default_edge_name(edge.loss, edge.target, edge.pred)
     if edge.name not in (default, f"{default}#{edge.index}"):
         text = f"{edge.name}: {text}"
     if not edge.detach:
@@ -433,7 +433,7 @@ def _add_stage(
                 d.edges.append(DEdge(nid(owner), nid(name), "ref", label, deploy=name in deploy))
     for edge_name in stage.edges:
         e = spec.edge(edge_name)
-        src, dst = node_of(e.src), node_of(e.dst)
+        src, dst = node_of(e.target), node_of(e.pred)
         d.edges.append(
             DEdge(
                 nid(src),

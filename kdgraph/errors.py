@@ -9,16 +9,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# kinds of problem the planner finds (a well-formed graph that cannot run): they make a PlanError
+PLAN_KINDS = frozenset({"cycle", "port", "plan", "dry_run"})
+
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a graph file, a checkpoint or a run, located as precisely as we can."""
+    """One thing wrong with a graph file, a checkpoint or a run, located as precisely as we can.
+
+    A value, not just a message: ``kind`` says what sort of problem it is (``"schema"``, ``"name"``,
+    ``"missing_file"``, ``"cycle"``, ``"port"``, ``"plan"``, ``"dry_run"``, ...) and ``where`` is the
+    path as a tuple, so ``node``, ``edge`` and ``key`` are read from fields, never from the text.
+    """
 
     path: str  # dotted path inside the graph file, e.g. "nodes.student.net" or "edges[2].to"
     message: str
     line: int | None = None
     file: str | None = None
     hint: str | None = None  # the fix, e.g. "did you mean 'resnet8x4'?"
+    kind: str = "spec"
+    where: tuple = ()  # the path as a tuple: ("nodes", "student", "net"), ("edges", 2, "to")
+
+    @property
+    def node(self) -> str | None:
+        """The node the problem is about (``nodes.NAME...``), if any."""
+        return str(self.where[1]) if len(self.where) > 1 and self.where[0] == "nodes" else None
+
+    @property
+    def edge(self) -> int | None:
+        """The index of the edge the problem is about (``edges[i]...``), if any."""
+        return self.where[1] if len(self.where) > 1 and self.where[0] == "edges" else None
+
+    @property
+    def key(self) -> str | None:
+        """The last named key of the path (``net`` of ``nodes.student.net``), if any."""
+        return next((str(k) for k in reversed(self.where) if isinstance(k, str)), None)
 
     def format(self) -> str:
         where = self.file or "<graph>"
@@ -64,10 +89,20 @@ class PlanError(SpecError):
 
 
 class NodeError(KDGraphError):
-    """A node or a loss edge failed while running; names it and says what it received."""
+    """A node or a loss edge failed while running; names it (``node`` or ``edge``) and says what it received."""
 
-    def __init__(self, what: str, message: str, hint: str | None = None, key: str | None = None):
+    def __init__(
+        self,
+        what: str,
+        message: str,
+        hint: str | None = None,
+        *,
+        node: str | None = None,
+        edge: str | None = None,
+        key: str | None = None,
+    ):
         self.what, self.message, self.hint = what, message, hint
+        self.node, self.edge = node, edge
         self.key = key  # the key of the node or edge at fault (an edge's `from`, a parameter), when known
         super().__init__(f"{what}: {message}" + (f" ({hint})" if hint else ""))
 
@@ -120,3 +155,9 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type when it has none."""
     text = str(e).strip().split("\n")[0]
     return text or type(e).__name__
+
+
+def error_of(problems: list[Problem], spec: Any = None) -> SpecError:
+    """The error for a list of problems: a PlanError when every one is the planner's finding."""
+    plan_only = bool(problems) and all(p.kind in PLAN_KINDS for p in problems)
+    return (PlanError if plan_only else SpecError)(problems, spec=spec)

@@ -126,10 +126,9 @@ def _graph_unused(graph: DistillGraph, modules: dict[str, nn.Module], port: str)
     modes = {m: m.training for m in graph.modules()}
     for m in modes:
         m.training = False
+    label = torch.arange(2) % info.num_classes  # a port may read data.label too
     try:
-        return unused_leaves(modules, lambda: graph.outputs(image, [port]))
-    except Exception:  # a port that cannot run on noise (it needs labels...): then every weight counts
-        return {}
+        return unused_leaves(modules, lambda: graph.outputs(image, [port], label))
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -221,11 +220,11 @@ class DeployedModel(nn.Module):
         order = [n for n in deploy_slice(graph.spec, port)[0]]
         # gradient is the caller's choice (torch.no_grad / inference_mode), not the walker's
         program = build_program(graph.spec, order, [port], [], lambda n: False, keep=[port])
-        self._program = graph._compile(program, False)
+        self._program = graph.bind(program, False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         values: dict[str, Any] = {"data.image": image, "data.label": None, "data.index": None}
-        self.graph._walk(self._program, values)
+        self.graph.walk(self._program, values)
         return values[self.port]
 
     def train(self, mode: bool = True) -> DeployedModel:

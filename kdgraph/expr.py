@@ -29,9 +29,10 @@ PATTERN = re.compile(r"\$\{([^}]*)\}")
 class ExprError(ValueError):
     """A `${...}` expression that cannot be evaluated; the message says why."""
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, unknown_var: str | None = None):
         super().__init__(message)
         self.hint = hint
+        self.unknown_var = unknown_var  # the name, when the expression uses a var that is not defined (yet)
 
 
 def evaluate(expr: str, env: dict[str, Any]) -> float | int:
@@ -48,7 +49,7 @@ def _walk(node: ast.AST, env: dict[str, Any], expr: str) -> Any:
         return node.value
     if isinstance(node, ast.Name):
         if node.id not in env:
-            raise ExprError(f"unknown var {node.id!r} in '${{{expr}}}'", did_you_mean(node.id, list(env)))
+            raise ExprError(f"unknown var {node.id!r} in '${{{expr}}}'", did_you_mean(node.id, list(env)), node.id)
         value = env[node.id]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ExprError(f"var {node.id!r} is {value!r}, not a number, in '${{{expr}}}'")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from typing import Any
 
 import networkx as nx
@@ -17,7 +18,8 @@ from torch import nn
 
 from .catalog import load_builtins
 from .datasets.base import DataInfo
-from .errors import NodeError, PlanError, Problem, SpecError, first_line, sort_problems
+from .errors import NodeError, Problem, SpecError, error_of, first_line, sort_problems
+from .losses._util import float32
 from .nets.base import PortNet
 from .plan import NodeFacts, Plan, StagePlan, Step, build_program, make_plan, port_problems
 from .registry import LOSSES, NETS, OPS, PortInfo
@@ -50,7 +52,7 @@ class DistillGraph(nn.Module):
         problems = self._build_nodes(topo_order(spec))
         ports = port_problems(spec, self.facts)
         if problems or ports:
-            raise (SpecError if problems else PlanError)(sort_problems(problems + ports))
+            raise error_of(sort_problems(problems + ports))
         self.plan: Plan = make_plan(spec, self.facts)
         self._loss_fns = {e.name: LOSSES.get(e.loss).obj for e in spec.edges}
         self._loss_takes_labels = {e.name: _accepts(LOSSES.get(e.loss).obj, "labels") for e in spec.edges}
@@ -60,7 +62,8 @@ class DistillGraph(nn.Module):
         # scheduled weights live in 0-dim tensors updated in place, so a torch.compile'd step is not
         # recompiled each epoch; constant weights stay Python floats (no tensor op when 1.0)
         self._weight_slots: dict[str, float | torch.Tensor] = {}
-        self._programs: dict[tuple, list[tuple]] = {}  # compiled programs, rebuilt per stage
+        self._bound_programs: dict[tuple, list[tuple]] = {}  # programs bound to closures, per stage
+        self._output_caches: dict[tuple[int, str], Any] = {}  # (stage index, node) -> OutputCache (train.cache)
         # per stage index, trainable parameters that no loss reaches (found by dry_run): frozen there
         self.gradless: dict[int, list[str]] = {}
         self.stage: StagePlan = self.plan.stages[0]
@@ -96,17 +99,15 @@ class DistillGraph(nn.Module):
         nn.Module.__init__(graph)
         graph.spec, graph.data_info = spec, data
         graph.nodes, graph._taps, graph.facts = nn.ModuleDict(), {}, {}
-        blamed = {p.path for p in known}
-
-        def is_blamed(node: str) -> bool:  # a node with a known problem is not built again
-            return any(b == f"nodes.{node}" or b.startswith((f"nodes.{node}.", f"nodes.{node}[")) for b in blamed)
+        blamed = {p.where for p in known}
+        blamed_nodes = {p.node for p in known if p.node}  # a node with a known problem is not built again
 
         g = dataflow_graph(spec)
         looped = {n for c in nx.strongly_connected_components(g) for n in c if len(c) > 1 or g.has_edge(n, n)}
-        skip = {n for n, node in spec.nodes.items() if is_blamed(n) or not _registered(node)}
+        skip = {n for n, node in spec.nodes.items() if n in blamed_nodes or not _registered(node)}
         order = [n for n in nx.topological_sort(g.subgraph(set(g) - looped)) if n != DATA]
         found = graph._build_nodes(order, skip)
-        return found + [p for p in port_problems(spec, graph.facts) if p.path not in blamed]
+        return found + [p for p in port_problems(spec, graph.facts) if p.where not in blamed]
 
     # ------------------------------------------------------------------ building
 
@@ -118,6 +119,7 @@ class DistillGraph(nn.Module):
             "num_classes": self.data_info.num_classes,
             "in_channels": self.data_info.channels,
             "image_size": self.data_info.image_size,
+            "num_train": self.data_info.num_train,
         }
         if node.kind == "op":
             engine["in_info"] = [self._port_info(p, facts) for p in node.inputs]
@@ -190,7 +192,7 @@ class DistillGraph(nn.Module):
     def set_stage(self, stage: StagePlan) -> None:
         """Trainable nodes train; every other node with parameters is frozen and in eval mode."""
         self.stage = stage
-        self._programs.clear()
+        self._bound_programs.clear()
         trainable = set(stage.trainable)
         for name, module in self.nodes.items():
             has_params = self.facts[name].params > 0
@@ -224,7 +226,7 @@ class DistillGraph(nn.Module):
                 self._weight_slots[e.name].fill_(weight)
             else:
                 self._weight_slots[e.name] = torch.tensor(weight)
-            # updated in place: the compiled loss closures hold these very dicts
+            # updated in place: the bound loss closures hold these very dicts
             params = self._epoch_params.setdefault(e.name, {})
             params.clear()
             params.update(
@@ -243,21 +245,35 @@ class DistillGraph(nn.Module):
 
     # ------------------------------------------------------------------ walking
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None = None):
+    def forward(
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        index: torch.Tensor | None = None,
+        variant: torch.Tensor | None = None,
+        observe: Callable[[str, str, bool], None] | None = None,
+    ):
         """One training step's forward: (weighted total loss, the stage's edge losses stacked, detached).
 
-        Runs the stage's program precompiled into closures (``_compile``): per batch, only the tensor
-        work and a few dict operations remain.
+        Runs the stage's program bound to closures once (``bind``): per batch, only the tensor work
+        and a few dict operations remain. `variant` is each sample's augmentation variant (the output
+        cache's key with `index`). ``observe(kind, name, before)``, when given, is called before and
+        after each node or loss step (the memory estimate uses it).
         """
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
+        values[_CACHE_KEYS] = (index, variant)  # beside the ports: the plan never frees it
         amp = _autocast_on(image.device.type)
         total: torch.Tensor | None = None
         losses: list[torch.Tensor] = []
-        for run, weight, step in self._compiled("train", amp):
+        for run, weight, step in self._bound("train", amp):
+            if observe is not None:
+                observe(step.kind, step.name, True)
             try:
                 out = run(values)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 raise self._step_error(step, values, e) from None
+            if observe is not None:
+                observe(step.kind, step.name, False)
             if weight is not None:  # a loss step
                 losses.append(out)
                 term = out if (weight.__class__ is float and weight == 1.0) else out * weight
@@ -275,7 +291,7 @@ class DistillGraph(nn.Module):
     def evaluate(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The stage's evaluated ports for a batch of images."""
         values: dict[str, Any] = {"data.image": image}
-        self._walk(self._compiled("eval", False), values)
+        self.walk(self._bound("eval", False), values)
         return {p: values[p] for p in self.stage.eval_ports}
 
     @torch.no_grad()
@@ -286,18 +302,36 @@ class DistillGraph(nn.Module):
         order = needed(self.plan.order, dataflow_graph(self.spec, refs=False), ports)
         program = build_program(self.spec, order, ports, [], lambda n: True, keep=ports)
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
-        self._walk(self._compile(program, False), values)
+        self.walk(self.bind(program, False), values)
         return {p: values[p] for p in ports}
 
     @torch.no_grad()
     def fit_batch(self, image: torch.Tensor, label: torch.Tensor) -> None:
         """Feed one batch to each node this stage fits (fit_step with its inputs)."""
         values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
-        self._walk(self._compiled("fit", False), values)
+        self.walk(self._bound("fit", False), values)
         for name in self.stage.fit:
             self.nodes[name].fit_step(*[values[p] for p in self.spec.nodes[name].inputs])
 
-    def _walk(self, ops: list[tuple], values: dict[str, Any]) -> None:
+    def use_output_cache(self, node: str, cache: Any) -> None:
+        """In this stage's training step, gather `node`'s ports from `cache` (an OutputCache) instead of
+        running it; samples the cache lacks are computed and stored while `cache.lazy` (train.cache)."""
+        self._output_caches[(self.stage.index, node)] = cache
+        self._bound_programs.clear()
+
+    def drop_output_caches(self) -> None:
+        self._output_caches.clear()
+        self._bound_programs.clear()
+
+    @torch.no_grad()
+    def node_outputs(self, node: str, image: torch.Tensor, ports: frozenset[str]) -> dict[str, torch.Tensor]:
+        """`ports` (as `node.port`) of a net that reads the image, for a batch, in the node's current mode."""
+        values: dict[str, Any] = {"data.image": image}
+        self._node_closure(Step("node", node, no_grad=True, wanted=frozenset(ports)))(values)
+        return {f"{node}.{p}": values[f"{node}.{p}"] for p in ports}
+
+    def walk(self, ops: list[tuple], values: dict[str, Any]) -> None:
+        """Run bound steps (``bind``) over `values`, the port -> tensor dict; errors name the node or edge."""
         for run, _weight, step in ops:
             try:
                 run(values)
@@ -306,20 +340,27 @@ class DistillGraph(nn.Module):
 
     # ------------------------------------------------------------------ the program as closures
 
-    def _compiled(self, kind: str, amp: bool) -> list[tuple]:
+    def _bound(self, kind: str, amp: bool) -> list[tuple]:
         """The stage's program of `kind` (train, eval, fit) as closures, built once per stage."""
         key = (self.stage.index, kind, amp)
-        ops = self._programs.get(key)
+        ops = self._bound_programs.get(key)
         if ops is None:
             program = {"train": self.stage.program, "eval": self.stage.eval_program, "fit": self.stage.fit_program}
-            ops = self._programs[key] = self._compile(program[kind], amp)
+            ops = self._bound_programs[key] = self.bind(program[kind], amp, cached=kind == "train")
         return ops
 
-    def _compile(self, program: list[Step], amp: bool) -> list[tuple]:
-        """(run(values), loss weight or None, step) per step: the walker's decisions taken once, not per batch."""
+    def bind(self, program: list[Step], amp: bool, cached: bool = False) -> list[tuple]:
+        """A program as (run(values), loss weight or None, step) per step, for ``walk``.
+
+        The walker's decisions are taken here once, not per batch. With `cached`, nodes the stage's
+        output caches hold gather their ports instead of running (train.cache).
+        """
         ops = []
         for step in program:
-            if step.kind == "node":
+            cache = self._output_caches.get((self.stage.index, step.name)) if cached else None
+            if step.kind == "node" and cache is not None:
+                ops.append((self._cached_closure(step, cache), None, step))
+            elif step.kind == "node":
                 ops.append((self._node_closure(step), None, step))
             else:
                 edge = self._edges[step.name]
@@ -360,8 +401,31 @@ class DistillGraph(nn.Module):
                     values[key] = out[port]
             except KeyError as e:
                 raise NodeError(
-                    f"node {name!r}", f"did not produce port {e.args[0]!r} (it produced {sorted(out)})"
+                    f"node {name!r}", f"did not produce port {e.args[0]!r} (it produced {sorted(out)})", node=name
                 ) from None
+            for key in free:
+                values.pop(key, None)
+
+        return run
+
+    def _cached_closure(self, step: Step, cache: Any):
+        """A node step that gathers its ports from the output cache by (sample index, augmentation variant)."""
+        compute, free = self._node_closure(Step("node", step.name, no_grad=True, wanted=step.wanted)), step.free
+        keys_of = tuple(f"{step.name}.{port}" for port in sorted(step.wanted))
+
+        def run(values: dict[str, Any]) -> None:
+            image = values["data.image"]
+            keys = cache.keys(*values[_CACHE_KEYS])
+            if cache.lazy:  # computes only what is missing; one read-back of the count per step
+                missing = cache.missing(keys)
+                if len(missing):
+                    # kernels pick other algorithms for a handful of rows (1e-5 apart on oneDNN): never fewer
+                    # than _MIN_ROWS, topped up with stored samples of the batch, whose values are kept
+                    rows = _top_up(missing, len(keys), _MIN_ROWS)
+                    part = {"data.image": image[rows]}
+                    compute(part)
+                    cache.put(keys[missing], {k: part[k][: len(missing)] for k in keys_of})
+            values.update(cache.get(keys, image.device))
             for key in free:
                 values.pop(key, None)
 
@@ -373,12 +437,12 @@ class DistillGraph(nn.Module):
         dynamic = dict(edge.port_params)
         if self._loss_takes_labels[edge.name]:
             dynamic["labels"] = "data.label"
-        src, dst, detach, weight_port = edge.src, edge.dst, edge.detach, edge.sample_weight
+        target_port, pred_port, detach, weight_port = edge.target, edge.pred, edge.detach, edge.sample_weight
         # the library's float32 wrapper only upcasts and turns autocast off: a no-op without autocast
         raw = fn.__wrapped__ if (not amp and not dynamic and not weight_port and _is_float32_wrapper(fn)) else None
 
         def run(values: dict[str, Any]) -> torch.Tensor:
-            pred, target = values[dst], values[src]
+            pred, target = values[pred_port], values[target_port]
             if detach and isinstance(target, torch.Tensor) and target.requires_grad:
                 target = target.detach()
             if raw is not None and pred.dtype not in _LOW and getattr(target, "dtype", None) not in _LOW:
@@ -405,23 +469,39 @@ class DistillGraph(nn.Module):
         if step.kind == "node":
             node = self.spec.nodes[step.name]
             shapes = ", ".join(f"{p} {_shape(values.get(p))}" for p in node.inputs)
-            return NodeError(f"node {step.name!r} ({node.kind} {node.type})", f"{first_line(e)} [inputs: {shapes}]")
+            what = f"node {step.name!r} ({node.kind} {node.type})"
+            return NodeError(what, f"{first_line(e)} [inputs: {shapes}]", node=step.name)
         edge = self._edges[step.name]
-        pred, target = values.get(edge.dst), values.get(edge.src)
+        pred, target = values.get(edge.pred), values.get(edge.target)
         what = f"edge {edge.name!r} (loss {edge.loss}, edges[{edge.index}])"
         if _shapes_differ(pred, target) and re.search(r"shape|size|differ|match|dimension", str(e), re.I):
             return NodeError(
                 what,
-                f"{edge.dst} {_shape(pred, 'N')} and {edge.src} {_shape(target, 'N')} differ in shape",
+                f"{edge.pred} {_shape(pred, 'N')} and {edge.target} {_shape(target, 'N')} differ in shape",
                 _adapter_hint(edge, pred, target),
+                edge=edge.name,
             )
         blamed = _blame_key(edge, pred, target, e, self.spec.doc.get("vars") or {})
         if blamed:
-            return NodeError(what, *blamed)
-        return NodeError(what, f"{first_line(e)} [{edge.dst} {_shape(pred)}, {edge.src} {_shape(target)}]")
+            message, hint, key = blamed
+            return NodeError(what, message, hint, edge=edge.name, key=key)
+        shapes = f"[{edge.pred} {_shape(pred)}, {edge.target} {_shape(target)}]"
+        return NodeError(what, f"{first_line(e)} {shapes}", edge=edge.name)
 
 
 _LOW = (torch.float16, torch.bfloat16)
+_CACHE_KEYS = "data.index+variant"
+_MIN_ROWS = 8
+
+
+def _top_up(rows: torch.Tensor, n: int, least: int) -> torch.Tensor:
+    """`rows` (positions in a batch of `n`) followed by other positions until there are min(least, n)."""
+    if len(rows) >= least or len(rows) == n:
+        return rows
+    taken = torch.zeros(n, dtype=torch.bool, device=rows.device)
+    taken[rows] = True
+    others = (~taken).nonzero().flatten()[: least - len(rows)]
+    return torch.cat([rows, others])
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -433,10 +513,6 @@ def _autocast_on(device_type: str) -> bool:
 
 def _is_float32_wrapper(fn: Any) -> bool:
     """Whether `fn` is wrapped by kdgraph.losses._util.float32 (whose code object all its wrappers share)."""
-    try:
-        from .losses._util import float32
-    except ImportError:
-        return False
     return hasattr(fn, "__wrapped__") and getattr(fn, "__code__", None) is float32(lambda: None).__code__
 
 
@@ -460,9 +536,9 @@ def _blame_key(
                 where = f" (from {', '.join(source)})" if source else ""
                 return f"{key} = {value!r}{where} is not a number", "give a number, or vars that are numbers", key
     wants_labels = isinstance(target, torch.Tensor) and target.is_floating_point() and target.dim() == 2
-    if wants_labels and edge.src != "data.label" and re.search(r"target|label|class", text, re.I):
+    if wants_labels and edge.target != "data.label" and re.search(r"target|label|class", text, re.I):
         return (
-            f"loss {edge.loss} takes class labels (N,) as its target, but {edge.src} is {_shape(target, 'N')}",
+            f"loss {edge.loss} takes class labels (N,) as its target, but {edge.target} is {_shape(target, 'N')}",
             "from: data.label; to distil soft targets from logits use loss kd",
             "from",
         )
@@ -471,14 +547,15 @@ def _blame_key(
 
 def _adapter_hint(edge: EdgeSpec, pred: torch.Tensor, target: torch.Tensor) -> str | None:
     """The node that would make the learner's port fit the target's shape."""
-    name = f"{node_of(edge.dst)}_{edge.dst.split('.', 1)[1]}_to_{node_of(edge.src)}"
+    name = f"{node_of(edge.pred)}_{edge.pred.split('.', 1)[1]}_to_{node_of(edge.target)}"
     if pred.dim() == target.dim() and pred.dim() in (2, 4) and pred.shape[1] != target.shape[1]:
         return (
-            f"add a connector node, e.g. {name}: {{op: connector, in: [{edge.dst}, {edge.src}]}}, "
+            f"add a connector node, e.g. {name}: {{op: connector, in: [{edge.pred}, {edge.target}]}}, "
             f"and use {name}.out as `to`"
         )
     if pred.dim() == target.dim() == 4:
-        return f"add a pool node, e.g. {name}: {{op: pool, in: [{edge.dst}, {edge.src}]}}, and use {name}.out as `to`"
+        pool = f"{name}: {{op: pool, in: [{edge.pred}, {edge.target}]}}"
+        return f"add a pool node, e.g. {pool}, and use {name}.out as `to`"
     return None
 
 

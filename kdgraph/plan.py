@@ -51,7 +51,7 @@ class StagePlan:
     eval_program: list[Step]
     fit: list[str] = field(default_factory=list)
     fit_program: list[Step] = field(default_factory=list)
-    detach_src: dict[str, bool] = field(default_factory=dict)
+    detach_target: dict[str, bool] = field(default_factory=dict)  # per edge: is its `from` side detached
 
 
 @dataclass
@@ -82,6 +82,7 @@ def port_problems(spec: GraphSpec, facts: dict[str, NodeFacts]) -> list[Problem]
                     path,
                     f"node {node!r} has no port {name!r}",
                     did_you_mean(name, list(known)) or f"its ports: {', '.join(known)}",
+                    kind="port",
                 )
             )
 
@@ -90,8 +91,8 @@ def port_problems(spec: GraphSpec, facts: dict[str, NodeFacts]) -> list[Problem]
         for i, port in enumerate(node.inputs):
             check(port, ("nodes", name, "in", i) if listed else ("nodes", name, "in"))
     for e in spec.edges:
-        check(e.src, ("edges", e.index, "from"))
-        check(e.dst, ("edges", e.index, "to"))
+        check(e.target, ("edges", e.index, "from"))
+        check(e.pred, ("edges", e.index, "to"))
         if e.sample_weight:
             check(e.sample_weight, ("edges", e.index, "sample_weight"))
         for key, port in e.port_params.items():
@@ -124,6 +125,7 @@ def make_plan(spec: GraphSpec, facts: dict[str, NodeFacts]) -> Plan:
                     ("nodes", n),
                     f"trainable node {n!r} is reached by no loss",
                     "add a loss edge whose gradient reaches it, or set frozen: true",
+                    kind="plan",
                 )
             )
     deploy_nodes: list[str] = []
@@ -150,6 +152,7 @@ def _plan_stage(
                 ("stages", stage.index, "edges"),
                 f"stage {stage.name!r} has no loss edge to train for {stage.epochs} epochs",
                 "list its edges, or set epochs: 0 for a stage that only fits or initialises",
+                kind="plan",
             )
         )
     frozen_here = {n for n in order if spec.nodes[n].frozen or n in stage.frozen or n in stage.fit}
@@ -169,7 +172,7 @@ def _plan_stage(
 
     reach: dict[str, set[str]] = {}
     for e in edges:
-        seeds = [e.dst] + ([] if e.detach else [e.src]) + list(e.port_params.values())
+        seeds = [e.pred] + ([] if e.detach else [e.target]) + list(e.port_params.values())
         reach[e.name] = set().union(*(grad_ancestors(node_of(p)) for p in seeds))
     reached = set().union(*reach.values()) if reach else set()
     trainable = [n for n in order if facts[n].params and n not in frozen_here and n in reached]
@@ -181,6 +184,7 @@ def _plan_stage(
                     f"loss {e.name!r} reaches no trainable parameter"
                     + (f" in stage {stage.name!r}" if spec.doc.get("stages") else ""),
                     "point `to` at a trainable node, or unfreeze one upstream of it",
+                    kind="plan",
                 )
             )
 
@@ -219,14 +223,14 @@ def _plan_stage(
         eval_program=eval_program,
         fit=list(stage.fit),
         fit_program=fit_program,
-        detach_src={e.name: e.detach for e in edges},
+        detach_target={e.name: e.detach for e in edges},
     )
 
 
 def _edge_ports(e) -> list[str]:
     # a loss that declares `labels` reads data.label too: it must not be freed before that loss runs
     labels = ["data.label"] if e.loss in LOSSES and "labels" in LOSSES.get(e.loss).parameters() else []
-    return [e.src, e.dst, *e.port_params.values(), *([e.sample_weight] if e.sample_weight else []), *labels]
+    return [e.target, e.pred, *e.port_params.values(), *([e.sample_weight] if e.sample_weight else []), *labels]
 
 
 def build_program(
@@ -285,3 +289,28 @@ def build_program(
     for k, step in enumerate(steps):
         step.free = tuple(sorted(frees.get(k, [])))
     return steps
+
+
+def cacheable(spec: GraphSpec, stage: StagePlan) -> dict[str, frozenset[str]]:
+    """Nodes of a stage's training step whose outputs are a fixed function of the sample, with the ports read.
+
+    A net that is frozen in the stage (so in eval mode: no dropout, BN statistics fixed), runs under
+    ``no_grad`` and reads nothing but the default image computes, for each sample, a function of its index
+    and of the augmentation drawn for it: its values can be stored per (sample, augmentation) and gathered
+    (``train.cache``). Fitted nodes change during the stage and are left out.
+    """
+    out = {}
+    for step in stage.program:
+        node = spec.nodes.get(step.name)
+        if (
+            step.kind == "node"
+            and node is not None
+            and node.kind == "net"
+            and step.name in stage.frozen
+            and step.name not in stage.fit
+            and step.no_grad
+            and list(node.inputs) == [f"{DATA}.image"]
+            and step.wanted
+        ):
+            out[step.name] = step.wanted
+    return out

@@ -97,6 +97,7 @@ def test_bad_run_leaves_no_run_directory(corpus: Path, tmp_path: Path) -> None:
 SUBPROCESS_CASES = ["22_three_at_once", "23_shape_mismatch", "41_missing_dataset_offline"]
 
 
+@pytest.mark.slow
 def test_bad_graphs_in_real_processes(corpus: Path, tmp_path: Path) -> None:
     """The real command, a few cases side by side: exactly the expected lines, exit status 2, no traceback."""
     env = {**os.environ, "PYTHONPATH": str(CORPUS.parent.parent), "KDGRAPH_CPU": "1", "OMP_NUM_THREADS": "1"}

@@ -37,6 +37,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, Counter]:
     return counts
 
 
+@pytest.mark.slow
 def test_one_run_builds_each_graph_once_and_dry_runs_it_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counted: dict[str, Counter]
 ) -> None:
@@ -47,6 +48,7 @@ def test_one_run_builds_each_graph_once_and_dry_runs_it_once(
     assert counted["probed"] == {"quickstart": 1, "digits_cnn": 1}
 
 
+@pytest.mark.slow
 def test_resume_builds_the_graph_once_and_dry_runs_it_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counted: dict[str, Counter]
 ) -> None:

@@ -14,6 +14,7 @@ from kdgraph.cli import main
 from .conftest import GRAPHS, REPO
 
 
+@pytest.mark.slow
 def test_quickstart_reaches_the_promised_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(GRAPHS / "quickstart.yaml")]) == 0
     out = capsys.readouterr().out
@@ -22,6 +23,7 @@ def test_quickstart_reaches_the_promised_accuracy(capsys: pytest.CaptureFixture[
     assert teacher >= 95.0 and student >= 90.0, out
 
 
+@pytest.mark.slow
 def test_validate_all_graphs(capsys: pytest.CaptureFixture[str]) -> None:
     # the dry run of every graph is in test_graphs.py, which trains each one for real
     files = [str(p) for p in sorted(GRAPHS.glob("*.yaml"))]
@@ -52,6 +54,7 @@ edges:
 """
 
 
+@pytest.mark.slow
 def test_bad_file_exits_2_without_traceback(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text(BROKEN)

@@ -171,6 +171,7 @@ def test_every_graph_draws_as_dot_and_mermaid(path: Path) -> None:
         assert any(e.kind == "deploy" for e in d.edges)
 
 
+@pytest.mark.slow
 def test_drawing_needs_no_training_and_no_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import torch
 
@@ -402,6 +403,7 @@ def test_graphviz_renders_every_graph_to_svg(tmp_path: Path) -> None:
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_mermaid_parser_accepts_every_graph(tmp_path: Path) -> None:
     """The official mermaid package parses every diagram and rejects a broken one (scripts/check_mermaid.mjs)."""
     required = os.environ.get("KDGRAPH_REQUIRE_MERMAID") == "1"  # CI sets it: no silent skip there

@@ -149,6 +149,7 @@ def test_exported_top1_equals_the_runs_final_evaluation(simkd_run: Path, tmp_pat
     assert got["top5"] == summary["final"]["top5"]["head.out"]
 
 
+@pytest.mark.slow
 def test_digits_run_export_check_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = load_spec(write(tmp_path, "tiny_digits", DIGITS))
     summary = Trainer(spec, tmp_path / "run", log=lambda *_: None).run()

@@ -127,6 +127,7 @@ def _target(workspace: Path, source: Path) -> Path:
     return (workspace / "graphs" / inside if inside else workspace / source.name).with_name("_fuzzed.yaml")
 
 
+@pytest.mark.slow
 def test_sources_are_valid(workspace: Path) -> None:
     """The fuzzer starts from files that load and plan."""
     assert len(SOURCES) >= 3
@@ -135,6 +136,7 @@ def test_sources_are_valid(workspace: Path) -> None:
             check_graph(source, dry=False)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=150,
     deadline=None,

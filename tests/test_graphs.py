@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from kdgraph.cli import main
-from kdgraph.data import data_info_of
+from kdgraph.data import data_info, data_info_of
 from kdgraph.errors import PlanError
 from kdgraph.export import deployed_parameter_count, export_run, load_exported
 from kdgraph.graph import DataInfo, DistillGraph
@@ -102,6 +102,7 @@ def _smoke_run(path: Path, spec: GraphSpec, factory: pytest.TempPathFactory) -> 
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rel", GRAPH_FILES)
 def test_graph_plans_runs_every_stage_and_exports(rel: str, smoke, tmp_path: Path) -> None:
     path = GRAPHS / rel
@@ -109,7 +110,7 @@ def test_graph_plans_runs_every_stage_and_exports(rel: str, smoke, tmp_path: Pat
     assert text.startswith("#") and "Run: kdgraph run" in text, "header: citation, sources and the run command"
     spec = load_spec(path)  # as written: its own data facts (100 classes for CIFAR graphs)
     with torch.device("meta"):  # planning reads shapes and counts, never values: no weights to initialise
-        plan = DistillGraph(spec, DataInfo(*data_info_of(spec.data))).plan
+        plan = DistillGraph(spec, data_info(spec.data)).plan
     assert [s.name for s in plan.stages] == [s.name for s in spec.stages]
 
     run = smoke(rel)
@@ -203,6 +204,7 @@ def test_skd_edge_trains_simplifier_and_student_not_teacher() -> None:
     assert graph.spec.nodes["simplifier"].optim == {"lr": 3.0e-5, "weight_decay": 5.0e-4}
 
 
+@pytest.mark.slow
 def test_teskd_backbone_learns_through_the_branch_kl_targets() -> None:
     graph = one_edge_backward("teskd.yaml", "kl_prob:backbone->b1")
     # the backbone's classifier feeds the branches nothing but this KL's target: its gradient comes from there

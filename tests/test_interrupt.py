@@ -28,6 +28,8 @@ import torch
 
 from kdgraph.checkpoint import load_latest
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the slow tier (pytest -m slow)
+
 REPO = Path(__file__).resolve().parent.parent
 GRAPH = """\
 kdgraph: 1

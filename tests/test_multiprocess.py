@@ -13,12 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from kdgraph.spec import load_spec
 from kdgraph.train import Trainer
 
 from .conftest import REPO
+
+pytestmark = pytest.mark.slow  # end-to-end runs: the slow tier (pytest -m slow)
 
 # BN-free (mlp nets), no augmentation: the only difference between the runs is who computes what.
 # `probe` is distilled on its pooled features only: its classifier gets no gradient, so the dry run

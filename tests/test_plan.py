@@ -118,7 +118,7 @@ edges:
 """
     )
     stage = graph_of(tmp_path, text).plan.stages[0]
-    assert stage.trainable == ["a", "b"] and stage.detach_src == {"kd:a->b": False}
+    assert stage.trainable == ["a", "b"] and stage.detach_target == {"kd:a->b": False}
     with pytest.raises(PlanError, match="trainable node 'a' is reached by no loss"):
         graph_of(tmp_path, text.replace(", detach: false", ""))
 

@@ -97,6 +97,7 @@ def test_figure_has_a_panel_per_curve_and_a_line_per_run(tmp_path: Path) -> None
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["fake/one", "fake/two"]
 
 
+@pytest.mark.slow
 def test_plot_real_runs_overlaid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     graph = tmp_path / "tiny.yaml"
     graph.write_text(TINY)

@@ -152,6 +152,7 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_validates_runs_and_draws_a_plugin_graph_outside_the_repo(tmp_path: Path) -> None:
     for f in ("graph.yaml", "scale_op.py"):
         shutil.copy(FIXTURES / f, tmp_path / f)

@@ -120,6 +120,7 @@ def test_loss_meter_exact_first_bad_step_means_and_resume() -> None:
     assert again.first_bad() == [-1, 14, 14]  # the resumed part only knows its own steps
 
 
+@pytest.mark.slow
 def test_graph_program_traces_as_one_graph_and_is_not_recompiled_each_epoch(tmp_path: Path) -> None:
     spec = spec_of(tmp_path)
     graph = DistillGraph(spec, DataInfo(*data_info_of(spec.data)))
@@ -144,6 +145,7 @@ def test_graph_program_traces_as_one_graph_and_is_not_recompiled_each_epoch(tmp_
     assert len(compiled_graphs) == 1
 
 
+@pytest.mark.slow
 def test_compile_option_reaches_torch_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # inductor needs ~30 s to compile even this graph on a CPU; the eager backend still runs dynamo's
     # tracing of the real planned graph inside the real training loop

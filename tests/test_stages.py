@@ -12,6 +12,8 @@ from kdgraph.train import Interrupted, Trainer
 
 from .conftest import load, node_state, records, same
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the slow tier (pytest -m slow)
+
 # three stages, 4 batches per epoch, 2 epochs each: steps 1-8 teach, 9-16 warm, 17-24 distill
 THREE = """\
 kdgraph: 1

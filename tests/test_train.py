@@ -63,6 +63,7 @@ def test_tiny_run_trains_what_it_should(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "spec.yaml").exists() and (tmp_path / "run" / "run.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_equal(tmp_path: Path) -> None:
     spec = tiny_spec(tmp_path)
     Trainer(spec, tmp_path / "straight", log=lambda *_: None).run()
@@ -88,6 +89,7 @@ def test_resume_refuses_a_changed_graph(tmp_path: Path) -> None:
         Trainer(tiny_spec(tmp_path, ["train.epochs=4"]), tmp_path / "run", log=lambda *_: None, resume=True).run()
 
 
+@pytest.mark.slow
 def test_init_from_checkpoint_and_from_graph(tmp_path: Path) -> None:
     teacher_graph = tmp_path / "teacher.yaml"
     teacher_graph.write_text(
@@ -117,6 +119,7 @@ def test_init_from_checkpoint_and_from_graph(tmp_path: Path) -> None:
     assert torch.equal(trained["nodes.teacher.fc.weight"], final2["nodes.teacher.fc.weight"])
 
 
+@pytest.mark.slow
 def test_slkd_runs_a_few_steps_on_synthetic_data(tmp_path: Path) -> None:
     spec = load_spec(GRAPHS / "slkd.yaml", [*SMOKE, "~nodes.teacher.init", "train.epochs=1"])
     summary = Trainer(spec, tmp_path / "slkd", log=lambda *_: None).run()

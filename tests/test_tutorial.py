@@ -64,6 +64,7 @@ def registries_restored():
             registry.unregister(name)
 
 
+@pytest.mark.slow
 def test_the_tutorial_commands_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, registries_restored: None
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,9 @@ class DataInfo:
     num_classes: int
     channels: int
     image_size: int
+    # training samples, for per-sample state (CRD's memory bank); None when not known without loading.
+    # Not compared: the loaded data's count fills it in where the `data:` section could not tell.
+    num_train: int | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -69,7 +72,7 @@ class Dataset:
 
     @property
     def info(self) -> DataInfo:
-        return DataInfo(self.num_classes, self.channels, self.image_size)
+        return DataInfo(self.num_classes, self.channels, self.image_size, len(self.train))
 
 
 class DatasetSource:
@@ -95,7 +98,3 @@ def subset(split: Split | FolderSplit, n: int) -> Split | FolderSplit:
         step = max(1, len(split) // n)
         return FolderSplit(split.samples[::step][:n], split.channels, split.image_size)
     return Split(split.images[:n], split.labels[:n])
-
-
-def first_line(e: BaseException) -> str:
-    return str(e).strip().split("\n")[0] or type(e).__name__

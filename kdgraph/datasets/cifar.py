@@ -9,10 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..registry import register_dataset
 from .base import DataInfo, Dataset, DatasetSource, Split, data_root
-from .base import first_line as _first
 
 CIFAR_MEAN = {"cifar100": (0.5071, 0.4867, 0.4408), "cifar10": (0.4914, 0.4822, 0.4465)}
 
@@ -39,7 +38,7 @@ def _cifar(name: str, root: Path, download: bool) -> Dataset:
             cls(str(root), train=True, download=True)
         except Exception as e:
             raise DataError(
-                f"{name} is not under {where} and could not be downloaded ({_first(e)}); put "
+                f"{name} is not under {where} and could not be downloaded ({first_line(e)}); put "
                 f"{folder}/ there, or set data.root (or $KDGRAPH_DATA) to its parent folder"
             ) from None
 
@@ -53,7 +52,7 @@ def _cifar(name: str, root: Path, download: bool) -> Dataset:
                 labels.extend(entry[label_key])
             except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
                 raise DataError(
-                    f"{where / f} is not a readable {name} file ({_first(e)}); delete it to download again"
+                    f"{where / f} is not a readable {name} file ({first_line(e)}); delete it to download again"
                 ) from None
         return Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
 
@@ -68,7 +67,7 @@ class Cifar100(DatasetSource):
     name = "cifar100"
 
     def info(self, cfg: dict[str, Any], base_dir: Path) -> DataInfo:
-        return DataInfo(100 if self.name == "cifar100" else 10, 3, 32)
+        return DataInfo(100 if self.name == "cifar100" else 10, 3, 32, 50_000)
 
     def load(self, cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
         return _cifar(self.name, data_root(cfg, base_dir), bool(cfg.get("download", False)))

@@ -30,7 +30,7 @@ class Digits(DatasetSource):
     """scikit-learn's 1,797 handwritten digits, 8x8 grey, 10 classes (1,437 train / 360 test, fixed split)."""
 
     def info(self, cfg: dict[str, Any], base_dir: Path) -> DataInfo:
-        return DataInfo(10, 1, 8)
+        return DataInfo(10, 1, 8, 1437)
 
     def load(self, cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
         return _digits()

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..registry import register_dataset
 from .base import DataInfo, Dataset, DatasetSource, FolderSplit, data_root
-from .base import first_line as _first
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -25,7 +24,7 @@ def _imagefolder(root: Path, image_size: int) -> Dataset:
         try:
             folder = ImageFolder(str(where))
         except (FileNotFoundError, OSError) as e:
-            raise DataError(f"imagefolder: {where}: {_first(e)}") from None
+            raise DataError(f"imagefolder: {where}: {first_line(e)}") from None
         splits.append(folder)
     train, val = splits
     if train.classes != val.classes:

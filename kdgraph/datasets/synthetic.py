@@ -30,7 +30,7 @@ class Synthetic(DatasetSource):
     """Class prototypes plus noise: data.size/test_size samples of data.channels x image_size^2, data.classes."""
 
     def info(self, cfg: dict[str, Any], base_dir: Path) -> DataInfo:
-        return DataInfo(int(cfg["classes"]), int(cfg["channels"]), int(cfg["image_size"]))
+        return DataInfo(int(cfg["classes"]), int(cfg["channels"]), int(cfg["image_size"]), int(cfg["size"]))
 
     def load(self, cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
         return _synthetic(cfg, seed)

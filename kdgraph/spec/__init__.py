@@ -19,7 +19,7 @@ import copy
 from pathlib import Path
 
 from ..catalog import load_graph_plugins
-from ..errors import PlanError, Problem, SpecError, dedupe, sort_problems
+from ..errors import Problem, SpecError, dedupe, error_of, sort_problems
 from .checks import registry_problems
 from .compose import resolve_extends
 from .dataflow import cycle_problems
@@ -131,6 +131,5 @@ def load_spec(
             raise SpecError(sort_problems(problems)) from None
         raise
     if problems:
-        kind = PlanError if len(problems) == len(cycles) else SpecError  # a loop alone is the planner's finding
-        raise kind(sort_problems(problems), spec=spec if not var_problems else None)
+        raise error_of(sort_problems(problems), spec=spec if not var_problems else None)  # a loop alone: PlanError
     return spec

@@ -56,8 +56,8 @@ def registry_problems(spec: GraphSpec) -> list[Problem]:
             )
             continue
         problems += _param_problems(entry, edge.params, path, spec, reserved=EDGE_KEYS, loss=True)
-        problems += _port_ref_problems(edge.src, (*path, "from"), known_nodes, spec)
-        problems += _port_ref_problems(edge.dst, (*path, "to"), known_nodes, spec)
+        problems += _port_ref_problems(edge.target, (*path, "from"), known_nodes, spec)
+        problems += _port_ref_problems(edge.pred, (*path, "to"), known_nodes, spec)
         if edge.sample_weight:
             problems += _port_ref_problems(edge.sample_weight, (*path, "sample_weight"), known_nodes, spec)
             if "sample_weight" not in entry.parameters():
@@ -172,12 +172,13 @@ def _init_problems(init: dict, path: Path_, spec: GraphSpec, stage_index: int | 
                     (*path, "checkpoint"),
                     f"checkpoint {str(target)!r} does not exist",
                     "give a path relative to the graph file, or train it with init: {from: GRAPH.yaml}",
+                    kind="missing_file",
                 )
             ]
     if kind == "from":
         target = spec.base_dir / init["from"]
         if not target.exists():
-            return [spec.problem((*path, "from"), f"graph file {str(target)!r} does not exist")]
+            return [spec.problem((*path, "from"), f"graph file {str(target)!r} does not exist", kind="missing_file")]
     if kind in ("stage", "snapshot"):
         names = [s.name for s in spec.stages]
         if init[kind] not in names:

@@ -67,6 +67,7 @@ def cycle_problems(spec: GraphSpec) -> list[Problem]:
                 ("nodes", names[0], "in"),
                 "cycle: " + " -> ".join(names),
                 "a node cannot depend on its own output; break the loop",
+                kind="cycle",
             )
         )
     return problems

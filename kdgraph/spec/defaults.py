@@ -18,6 +18,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "limit_eval_batches": None,
     "channels_last": False,
     "compile": False,
+    "cache": "off",
+    "cache_fill": "auto",
     "on_nan": "stop",
     "grad_clip": None,
     "progress": True,

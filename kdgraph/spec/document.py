@@ -44,9 +44,9 @@ class Locator:
                 return self.origins[tuple(path[:n])]
         return self.default_file, None
 
-    def problem(self, path: Path_, message: str, hint: str | None = None) -> Problem:
+    def problem(self, path: Path_, message: str, hint: str | None = None, kind: str = "spec") -> Problem:
         file, line = self.where(path)
-        return Problem(format_path(path), message, line, file, hint)
+        return Problem(format_path(path), message, line, file, hint, kind, tuple(path))
 
 
 def read_yaml(path: Path, locator: Locator, problems: list[Problem]) -> Any:
@@ -88,6 +88,8 @@ def _record_lines(node: yaml.Node, path: Path_, file: str, locator: Locator, pro
                         key_node.start_mark.line + 1,
                         file,
                         "each key may appear once per mapping",
+                        "yaml",
+                        (*path, key),
                     )
                 )
             seen.add(key)
@@ -126,20 +128,33 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             key, raw = body, None
         elif "=" not in body:
             problems.append(
-                Problem("", f"{where} has no '='", file="<command line>", hint="write key=value, +key=value or ~key")
+                Problem(
+                    "",
+                    f"{where} has no '='",
+                    file="<command line>",
+                    kind="override",
+                    hint="write key=value, +key=value or ~key",
+                )
             )
             continue
         else:
             key, raw = body.split("=", 1)
         path = parse_override_key(key.strip())
         if not path:
-            problems.append(Problem("", f"{where} names no key", file="<command line>"))
+            problems.append(Problem("", f"{where} names no key", file="<command line>", kind="override"))
             continue
         try:
             value = yaml.safe_load(raw) if raw is not None else None
         except yaml.YAMLError:
             problems.append(
-                Problem(format_path(path), f"{where}: value is not valid YAML", file="<command line>", hint="quote it")
+                Problem(
+                    format_path(path),
+                    f"{where}: value is not valid YAML",
+                    file="<command line>",
+                    kind="override",
+                    where=tuple(path),
+                    hint="quote it",
+                )
             )
             continue
         if path == ("preset",) and mode == "set":  # `--preset NAME`: a whole small-run rewrite, see presets.py
@@ -154,7 +169,14 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             if child is _MISSING:
                 hint = _key_hint(parent, part)
                 problems.append(
-                    Problem(format_path(path[: i + 1]), f"{where}: no such key", file="<command line>", hint=hint)
+                    Problem(
+                        format_path(path[: i + 1]),
+                        f"{where}: no such key",
+                        file="<command line>",
+                        kind="override",
+                        where=tuple(path[: i + 1]),
+                        hint=hint,
+                    )
                 )
                 ok = False
                 break
@@ -171,7 +193,16 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             hint = (did_you_mean(str(last), sorted({str(k) for k in known})) if known else _key_hint(parent, last)) or (
                 f"use +{key}=... to add a new key"
             )
-            problems.append(Problem(format_path(path), f"{where}: no such key", file="<command line>", hint=hint))
+            problems.append(
+                Problem(
+                    format_path(path),
+                    f"{where}: no such key",
+                    file="<command line>",
+                    kind="override",
+                    where=tuple(path),
+                    hint=hint,
+                )
+            )
             continue
         if mode == "add" and exists:
             problems.append(
@@ -179,6 +210,8 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
                     format_path(path),
                     f"{where}: key already exists",
                     file="<command line>",
+                    kind="override",
+                    where=tuple(path),
                     hint=f"use {key}=... to change it",
                 )
             )
@@ -189,6 +222,8 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
                     format_path(path),
                     f"{where}: no such key to remove",
                     file="<command line>",
+                    kind="override",
+                    where=tuple(path),
                     hint=_key_hint(parent, last),
                 )
             )
@@ -206,7 +241,15 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         elif isinstance(parent, dict):
             parent[last] = value
         else:
-            problems.append(Problem(format_path(path[:-1]), f"{where}: not a mapping or list", file="<command line>"))
+            problems.append(
+                Problem(
+                    format_path(path[:-1]),
+                    f"{where}: not a mapping or list",
+                    file="<command line>",
+                    kind="override",
+                    where=tuple(path[:-1]),
+                )
+            )
             continue
         for p in [p for p in locator.origins if p[: len(path)] == path]:
             del locator.origins[p]

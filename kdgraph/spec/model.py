@@ -17,7 +17,7 @@ PORT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_/]*)$")
 DATA_PORTS = ("image", "label", "index")
 NODE_KEYS = ("net", "op", "in", "frozen", "init", "optim", "taps", "label")
 EDGE_KEYS = ("loss", "from", "to", "weight", "detach", "name", "sample_weight")
-ENGINE_ARGS = ("in_info", "nodes", "num_classes", "in_channels", "image_size")
+ENGINE_ARGS = ("in_info", "nodes", "num_classes", "in_channels", "image_size", "num_train")
 
 
 @dataclass
@@ -38,13 +38,17 @@ class NodeSpec:
 class EdgeSpec:
     name: str
     loss: str
-    src: str  # the `from` port (target / knowledge)
-    dst: str  # the `to` port (learner)
+    target: str  # the YAML's `from`: the knowledge, the loss's `target` argument (detached by default)
+    pred: str  # the YAML's `to`: the learner, the loss's `pred` argument
     weight: Any = 1.0  # number or schedule mapping
     params: dict[str, Any] = field(default_factory=dict)  # numbers, schedules or port names
     detach: bool = True
     sample_weight: str | None = None
     index: int = 0
+
+    # the old names, for branches written before the rename to target/pred (issue 12); remove after merging
+    src = property(lambda self: self.target)
+    dst = property(lambda self: self.pred)
 
     @property
     def port_params(self) -> dict[str, str]:
@@ -88,8 +92,8 @@ class GraphSpec:
     def edge(self, name: str) -> EdgeSpec:
         return next(e for e in self.edges if e.name == name)
 
-    def problem(self, path: Path_, message: str, hint: str | None = None) -> Problem:
-        return self.locator.problem(path, message, hint)
+    def problem(self, path: Path_, message: str, hint: str | None = None, kind: str = "spec") -> Problem:
+        return self.locator.problem(path, message, hint, kind)
 
     def node_path(self, name: str) -> Path_:
         return ("nodes", name)
@@ -218,5 +222,6 @@ def normalise(
     )
 
 
-def default_edge_name(loss: str, src: str, dst: str) -> str:
-    return f"{loss}:{src.split('.')[0]}->{dst.split('.')[0]}"
+def default_edge_name(loss: str, target: str, pred: str) -> str:
+    """`loss:fromnode->tonode`, as `kdgraph plan` shows an edge without a `name`."""
+    return f"{loss}:{target.split('.')[0]}->{pred.split('.')[0]}"

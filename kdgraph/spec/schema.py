@@ -71,8 +71,8 @@ def _schema_problem(err: Any, path: Path_, locator: Locator) -> list[Problem]:
             for key in _unknown_keys(err) or ["?"]
         ]
     if err.validator == "required":
-        key = err.message.split(" is a required property")[0].strip("'\"")  # one error per missing key
-        return [locator.problem(path, f"{key!r} is required", _REQUIRED_HINTS.get(key))]
+        missing = [k for k in err.validator_value if k not in err.instance]  # dedupe merges the repeats
+        return [locator.problem(path, f"{key!r} is required", _REQUIRED_HINTS.get(key), "schema") for key in missing]
     if err.validator == "enum":
         allowed = ", ".join(repr(v) for v in err.validator_value)
         hint = did_you_mean(str(err.instance), [str(v) for v in err.validator_value])

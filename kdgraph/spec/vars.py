@@ -23,7 +23,7 @@ def resolve_vars(doc: dict, locator: Locator) -> tuple[Any, list[Problem]]:
                 try:
                     env[name] = expr.substitute(value, env)
                 except expr.ExprError as e:
-                    if "unknown var" in str(e) and any(
+                    if e.unknown_var is not None and any(
                         re.search(rf"\b{re.escape(p)}\b", value) for p in pending if p != name
                     ):
                         continue  # depends on a var not evaluated yet
@@ -37,7 +37,7 @@ def resolve_vars(doc: dict, locator: Locator) -> tuple[Any, list[Problem]]:
             break
     for name in pending:
         problems.append(locator.problem(("vars", name), "vars refer to each other in a cycle", "break the cycle"))
-    broken = {p.path.split(".", 1)[1] for p in problems}
+    broken = {str(p.where[1]) for p in problems}  # the vars that failed
 
     def walk(obj: Any, path: Path_) -> Any:
         if isinstance(obj, dict):

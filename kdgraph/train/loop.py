@@ -27,6 +27,7 @@ from ..plan import StagePlan
 from ..rng import set_rng_state
 from ..spec import GraphSpec
 from ..trackers import accelerator_kwargs, run_config
+from .cache import attach_output_caches
 from .init import InitActions
 from .optim import build_optimizer, group_lr
 from .run_dir import Position, RunFiles, use_cpu
@@ -66,7 +67,36 @@ def _signals_caught(flag: dict[str, int]):
 
 
 @dataclass
+class StageRun:
+    """What one stage's loop works with: its plan and settings, loaders, the prepared model, step and meter."""
+
+    stage: StagePlan
+    epochs: int
+    cfg: dict[str, Any]
+    train_loader: Loader
+    test_loader: Loader
+    model: Any  # the graph as Accelerate prepared it (and torch.compile'd with train.compile)
+    optimizer: Any
+    step: TrainStep
+    meter: LossMeter
+    names: list[str]  # the stage's loss edges, in the order the step stacks their losses
+    log_every: int
+    ckpt_every: int
+    skip_nan: bool
+    bar: Any = None  # this epoch's progress (console.py: a bar on a terminal, plain lines otherwise)
+    window_start: float = 0.0  # when the current logging window began (throughput)
+    images: int = 0  # images seen in the current logging window, over all processes
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@dataclass
 class Trainer(RunFiles, InitActions):
+    """Trains a checked graph in a run directory, stage by stage; resumes exactly from its checkpoints."""
+
     spec: GraphSpec | CheckedGraph
     run_dir: Path
     accelerator: Any = None
@@ -178,6 +208,17 @@ class Trainer(RunFiles, InitActions):
         return self._finish()
 
     def _run_stage(self, pos: Position, resumed: dict[str, Any] | None, flag: dict[str, int]) -> None:
+        """One stage: setup -> epochs of steps -> end. Everything else is behind the named calls."""
+        run = self._setup_stage(pos, resumed)  # loaders, init actions and fits, optimizer, the prepared model
+        while pos.epoch <= run.epochs:
+            self._start_epoch(run, pos.epoch, pos.batch)  # this epoch's lr, scheduled loss weights, progress
+            for batch in run.train_loader.epoch(pos.epoch, run.stage.index, pos.batch):
+                self._train_step(run, batch, pos)  # forward, backward, update (on_nan: skip may skip it)
+                self._after_step(run, pos, flag)  # NaN check, log, checkpoint, signals: at boundaries only
+            self._end_epoch(run, pos)  # evaluate, checkpoint
+        self._end_stage(run)  # the unwrapped graph, the stage's results and end weights
+
+    def _setup_stage(self, pos: Position, resumed: dict[str, Any] | None) -> StageRun:
         acc = self.accelerator
         spec_stage = self.spec.stages[pos.stage]
         stage = self.plan.stages[pos.stage]
@@ -193,6 +234,7 @@ class Trainer(RunFiles, InitActions):
         if cfg["channels_last"]:
             self.graph.to(memory_format=torch.channels_last)
         self.graph.to(self.device)
+        attach_output_caches(self.graph, self.spec, stage, train_loader, cfg, acc, self.log)
         optimizer = build_optimizer(self.graph, stage, cfg, self.device)
         if resumed and resumed.get("optimizer"):
             optimizer.load_state_dict(resumed["optimizer"])
@@ -203,8 +245,7 @@ class Trainer(RunFiles, InitActions):
         if cfg["compile"]:
             model = torch.compile(model)
         names = self.graph.loss_names(stage)
-        log_every, ckpt_every = int(cfg["log_every"]), int(cfg["checkpoint_every"])
-        step = TrainStep(acc, model, optimizer, cfg.get("grad_clip"))
+        log_every = int(cfg["log_every"])
         meter = LossMeter(len(names), log_every, self.device)  # losses stay on the device between logs
         if resumed and resumed.get("accumulators"):
             a = resumed["accumulators"]
@@ -215,58 +256,88 @@ class Trainer(RunFiles, InitActions):
             set_rng_state(self._pending_rng)
         else:
             self._save(pos, optimizer, meter.state())
-        skip_nan = cfg["on_nan"] == "skip"
-        many = acc.num_processes > 1
-        while pos.epoch <= spec_stage.epochs:
-            epoch = pos.epoch
-            for group in optimizer.param_groups:
-                group["lr"] = group_lr(group["base_lr"], cfg["lr_schedule"], epoch, spec_stage.epochs)
-            self.graph.set_epoch(epoch)
-            weights = self.graph.loss_weights()
-            meter.weights = [weights[n] for n in names]  # the NaN check recomputes the weighted total
-            t_last, images = time.perf_counter(), 0
-            bar = self._bar(stage.name, epoch, spec_stage.epochs, train_loader, pos.batch)
-            # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
-            for batch in train_loader.epoch(epoch, stage.index, pos.batch):
-                total, losses = step.forward(batch.image, batch.label, batch.index)
-                # on_nan: skip must decide now, so it reads back every step
-                if skip_nan and not bool(torch.isfinite(losses).all() & torch.isfinite(total.detach())):
-                    step.skip()
-                    self.log(f"  skipped step {pos.step + 1}: non-finite loss")
-                else:
-                    step.update(total)
-                meter.add(losses)
-                pos.batch += 1
-                pos.step += 1
-                images += len(batch.label) * acc.num_processes
-                bar.update(len(batch.label) * acc.num_processes)
-                boundary = pos.step % log_every == 0 or pos.batch == len(train_loader)
-                due = boundary or pos.step % ckpt_every == 0
-                # several processes must agree on stopping: a signal is honoured at the next boundary
-                signum = _agreed_signal(flag, acc) if (many and due) else (0 if many else flag.get("signum", 0))
-                stop = bool(signum) or pos.step == self.stop_after
-                if (due or stop) and not skip_nan:
-                    self._check_finite(meter.first_bad(acc), names, skip_nan)
-                if boundary:
-                    means, _ = meter.read(acc)  # the one read-back (and cross-process mean) per window
-                    now = time.perf_counter()
-                    loss = self._log_train(stage, pos, names, means, optimizer, images / (now - t_last))
-                    bar.show(loss, images / (now - t_last))
-                    meter.start(pos.step + 1)
-                    t_last, images = now, 0
-                if pos.step % ckpt_every == 0 or stop:
-                    self._save(pos, optimizer, meter.state())
-                if stop:
-                    bar.close()
-                    raise Interrupted(signum or None, self.run_dir, pos.step)
-            bar.close()
-            if epoch % int(cfg["eval_every"]) == 0 or epoch == spec_stage.epochs:
-                result = self.evaluate(test_loader)
-                if result:
-                    self._record_eval(stage, epoch, pos.step, result)
-            pos.epoch, pos.batch = epoch + 1, 0
-            self._save(pos, optimizer, meter.state())
-        self.graph = acc.unwrap_model(model) if not cfg["compile"] else self.graph
+        return StageRun(
+            stage=stage,
+            epochs=spec_stage.epochs,
+            cfg=cfg,
+            train_loader=train_loader,
+            test_loader=test_loader,
+            model=model,
+            optimizer=optimizer,
+            step=TrainStep(acc, model, optimizer, cfg.get("grad_clip")),
+            meter=meter,
+            names=names,
+            log_every=log_every,
+            ckpt_every=int(cfg["checkpoint_every"]),
+            skip_nan=cfg["on_nan"] == "skip",
+        )
+
+    def _start_epoch(self, run: StageRun, epoch: int, start: int = 0) -> None:
+        for group in run.optimizer.param_groups:
+            group["lr"] = group_lr(group["base_lr"], run.cfg["lr_schedule"], epoch, run.epochs)
+        self.graph.set_epoch(epoch)
+        weights = self.graph.loss_weights()
+        run.meter.weights = [weights[n] for n in run.names]  # the NaN check recomputes the weighted total
+        run.window_start, run.images = time.perf_counter(), 0
+        run.bar = self._bar(run.stage.name, epoch, run.epochs, run.train_loader, start)
+
+    def _train_step(self, run: StageRun, batch: Any, pos: Position) -> None:
+        # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
+        total, losses = run.step.forward(batch.image, batch.label, batch.index, batch.variant)
+        if run.skip_nan and not _finite(total, losses):  # on_nan: skip must decide now: a read-back per step
+            run.step.skip()
+            self.log(f"  skipped step {pos.step + 1}: non-finite loss")
+        else:
+            run.step.update(total)
+        run.meter.add(losses)
+        pos.batch += 1
+        pos.step += 1
+        run.images += len(batch.label) * self.accelerator.num_processes
+        run.bar.update(len(batch.label) * self.accelerator.num_processes)
+
+    def _after_step(self, run: StageRun, pos: Position, flag: dict[str, int]) -> None:
+        boundary = pos.step % run.log_every == 0 or pos.batch == len(run.train_loader)
+        due = boundary or pos.step % run.ckpt_every == 0
+        signum = self._signal_now(flag, due)
+        stop = bool(signum) or pos.step == self.stop_after
+        if (due or stop) and not run.skip_nan:
+            self._check_finite(run.meter.first_bad(self.accelerator), run.names, run.skip_nan)
+        if boundary:
+            self._log_window(run, pos)
+        if pos.step % run.ckpt_every == 0 or stop:
+            self._save(pos, run.optimizer, run.meter.state())
+        if stop:
+            run.close_bar()
+            raise Interrupted(signum or None, self.run_dir, pos.step)
+
+    def _signal_now(self, flag: dict[str, int], due: bool) -> int:
+        """The signal to honour now (0: none); several processes must agree, so they ask at boundaries only."""
+        if self.accelerator.num_processes == 1:
+            return flag.get("signum", 0)
+        return _agreed_signal(flag, self.accelerator) if due else 0
+
+    def _log_window(self, run: StageRun, pos: Position) -> None:
+        means, _ = run.meter.read(self.accelerator)  # the one read-back (and cross-process mean) per window
+        now = time.perf_counter()
+        rate = run.images / (now - run.window_start)
+        run.bar.show(self._log_train(run.stage, pos, run.names, means, run.optimizer, rate), rate)
+        run.meter.start(pos.step + 1)
+        run.window_start, run.images = now, 0
+
+    def _end_epoch(self, run: StageRun, pos: Position) -> None:
+        run.close_bar()
+        epoch = pos.epoch
+        if epoch % int(run.cfg["eval_every"]) == 0 or epoch == run.epochs:
+            result = self.evaluate(run.test_loader)
+            if result:
+                self._record_eval(run.stage, epoch, pos.step, result)
+        pos.epoch, pos.batch = epoch + 1, 0
+        self._save(pos, run.optimizer, run.meter.state())
+
+    def _end_stage(self, run: StageRun) -> None:
+        run.close_bar()
+        stage, acc = run.stage, self.accelerator
+        self.graph = acc.unwrap_model(run.model) if not run.cfg["compile"] else self.graph
         self.stage_results[stage.name] = {"final": self.last_eval, "best_top1": dict(self.best)}
         if len(self.plan.stages) > 1:  # every stage's end weights are kept; in memory only those an init uses
             end = self._snapshot()
@@ -377,3 +448,7 @@ def _agreed_signal(flag: dict[str, int], accelerator: Any) -> int:
     """The signal any process received (0: none), the same on every process (a collective)."""
     mine = torch.tensor([int(flag.get("signum", 0))], device=accelerator.device)
     return int(accelerator.gather(mine).max())
+
+
+def _finite(total: torch.Tensor, losses: torch.Tensor) -> bool:
+    return bool(torch.isfinite(losses).all() & torch.isfinite(total.detach()))

@@ -40,12 +40,14 @@ class TrainStep:
         self.inner = getattr(optimizer, "optimizer", optimizer) if self.direct else optimizer
         self.params = [p for group in self.inner.param_groups for p in group["params"]]
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None):
+    def forward(
+        self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None, variant: torch.Tensor | None = None
+    ):
         """(weighted total loss, stacked detached edge losses) of one batch."""
         if self.autocast:
             with self.accelerator.autocast():
-                return self.model(image, label, index)
-        return self.model(image, label, index)
+                return self.model(image, label, index, variant)
+        return self.model(image, label, index, variant)
 
     def update(self, total: torch.Tensor) -> None:
         """Backward the total loss, clip, step the optimizer and drop the gradients."""

@@ -1,0 +1,133 @@
+"""The planned output cache (``train.cache``) against recomputing the frozen teacher, KD resnet32x4 -> resnet8x4.
+
+    python benchmarks/teacher_cache.py                    # both cases, CPU-sized (a few minutes on 2 cores)
+    python benchmarks/teacher_cache.py --cases plain --epochs 4
+
+Two cases, each run uncached and cached in this process, whole ``Trainer.run()`` wall times (setup, the
+cache's precompute or lazy fill, training, the final evaluation), on synthetic CIFAR-shaped data (3 x 32 x 32,
+100 classes) with a fixed random teacher loaded from a checkpoint (``init: {checkpoint: ...}``):
+
+* ``plain``: ``augment: false``, a few epochs: the cache is precomputed once (one inference pass over the
+  training set), then every step gathers the teacher's logits instead of running resnet32x4.
+* ``seeds``: with crop + flip (162 variants a sample), three runs with seeds 0, 1, 2 sharing one file cache
+  (``train.cache: file``): each run computes only the (sample, variant) pairs no earlier step stored. The
+  saving grows with the draws per sample against 162: the number of epochs sets it.
+
+Printed per case: the time ratio cached / uncached and the largest difference between the two variants'
+logged losses (every step) and final student weights (the values the cache returns are the teacher's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from _common import ROOT, machine
+
+sys.path.insert(0, str(ROOT))
+from kdgraph.catalog import load_builtins  # noqa: E402
+from kdgraph.registry import NETS  # noqa: E402
+from kdgraph.spec import load_spec  # noqa: E402
+from kdgraph.train import Trainer  # noqa: E402
+
+
+def graph_doc(teacher_ckpt: Path, size: int, batch: int, epochs: int, augment: bool) -> dict:
+    return {
+        "kdgraph": 1,
+        "name": "kd_cache_bench",
+        "data": {
+            "dataset": "synthetic", "size": size, "test_size": 64, "image_size": 32, "channels": 3, "classes": 100,
+            "batch_size": batch, "augment": augment,
+        },  # fmt: skip
+        "nodes": {
+            "teacher": {"net": "resnet32x4", "frozen": True, "init": {"checkpoint": str(teacher_ckpt), "key": "model"}},
+            "student": {"net": "resnet8x4"},
+        },
+        "edges": [
+            {"loss": "ce", "from": "data.label", "to": "student.logits", "weight": 0.1},
+            {"loss": "kd", "from": "teacher.logits", "to": "student.logits", "weight": 0.9, "T": 4},
+        ],
+        "train": {
+            "epochs": epochs, "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
+            "log_every": 1, "eval_every": 10_000, "checkpoint_every": 1_000_000, "progress": False,
+        },  # fmt: skip
+        "deploy": "student.logits",
+    }
+
+
+def run(path: Path, out: Path, overrides: list[str]) -> tuple[float, list[dict], dict]:
+    """(seconds, logged train losses, final student weights) of one run."""
+    import json
+
+    t0 = time.perf_counter()
+    Trainer(load_spec(path, overrides), out, log=lambda *_: None).run()
+    seconds = time.perf_counter() - t0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    state = torch.load(out / "final.pt", weights_only=True)["graph"]
+    student = {k: v for k, v in state.items() if k.startswith("nodes.student.")}
+    return seconds, [r["losses"] for r in lines if r["kind"] == "train"], student
+
+
+def difference(a: tuple, b: tuple) -> float:
+    (_, la, wa), (_, lb, wb) = a, b
+    worst = max(abs(x[k] - y[k]) for x, y in zip(la, lb, strict=True) for k in x)
+    return max(worst, *(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa))
+
+
+def case(name: str, tmp: Path, ckpt: Path, args: argparse.Namespace) -> None:
+    augment = name == "seeds"
+    epochs = args.seed_epochs if augment else args.epochs
+    size = args.seed_size if augment else args.size
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(graph_doc(ckpt, size, args.batch, epochs, augment), sort_keys=False))
+    seeds = [0, 1, 2] if augment else [0]
+    os.environ["KDGRAPH_CACHE"] = str(tmp / f"cache-{name}")  # a fresh store: the first run pays for it
+    plain_s = cached_s = 0.0
+    worst = 0.0
+    for seed in seeds:
+        plain = run(path, tmp / f"{name}-plain-{seed}", [f"train.seed={seed}"])
+        cached = run(path, tmp / f"{name}-cached-{seed}", [f"train.seed={seed}", "train.cache=file"])
+        plain_s, cached_s = plain_s + plain[0], cached_s + cached[0]
+        worst = max(worst, difference(plain, cached))
+    what = f"augment, {len(seeds)} seeds x {epochs} epochs" if augment else f"no augment, {epochs} epochs"
+    print(
+        f"{name:6} {size:7d} {what:28} {plain_s:9.1f} {cached_s:9.1f} {cached_s / plain_s:7.3f} {worst:10.2e}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", default="plain,seeds", help="comma-separated: plain, seeds")
+    p.add_argument("--size", type=int, default=128, help="training images of the plain case")
+    p.add_argument("--epochs", type=int, default=6, help="epochs of the plain case")
+    p.add_argument("--seed-size", type=int, default=16, help="training images of the seeds case")
+    p.add_argument("--seed-epochs", type=int, default=120, help="epochs per seed of the seeds case")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("KDGRAPH_CPU", "1")
+    load_builtins()
+    print(f"# {machine()}; load average {os.getloadavg()[0]:.1f}")
+    print("# whole runs (setup, cache fill, training); ratio = cached / uncached; diff = largest |loss or weight|")
+    print(f"{'case':6} {'images':>7} {'setting':28} {'plain s':>9} {'cached s':>9} {'ratio':>7} {'diff':>10}")
+    with tempfile.TemporaryDirectory() as tmp_:
+        tmp = Path(tmp_)
+        torch.manual_seed(0)
+        ckpt = tmp / "teacher.pth"
+        torch.save({"model": NETS.get("resnet32x4").obj(num_classes=100).state_dict()}, ckpt)
+        for name in args.cases.split(","):
+            case(name.strip(), tmp, ckpt, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
