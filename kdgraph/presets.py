@@ -12,7 +12,9 @@ to the graph document (after ``extends``, before the other overrides, so they wi
 * ``train:`` keys replace the graph's ``train:`` keys, except ``optimizer``, whose keys are merged in;
 * ``stage_epochs: N`` sets every stage's own ``epochs`` that is not 0 (a fit-only stage stays 0);
 * ``vars:`` values replace those vars the graph declares (recipe knobs: warm-up lengths, widths that a
-  feature edge must match); vars the graph does not declare are not added.
+  feature edge must match); vars the graph does not declare are not added;
+* ``graphs: {graph name: {vars: {...}}}``: vars for one graph only, after the general ones (a var name
+  that two methods use differently, e.g. SimKD's scalar ``t_channels`` and ReviewKD's list).
 
 Dependencies (``init: {from: ...}``) receive the same preset, so teachers are trained small too and
 cached under their own hash.
@@ -28,7 +30,7 @@ import yaml
 from .errors import Problem
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "graphs" / "presets"
-PRESET_KEYS = ("kdgraph_preset", "title", "nets", "data", "train", "stage_epochs", "vars")
+PRESET_KEYS = ("kdgraph_preset", "title", "nets", "data", "train", "stage_epochs", "vars", "graphs")
 
 
 def preset_dirs(graph_file: str | None) -> list[Path]:
@@ -103,7 +105,8 @@ def apply_preset(doc: dict, preset: dict) -> None:
             if isinstance(stage, dict) and "epochs" in stage and stage["epochs"] != 0:
                 stage["epochs"] = preset["stage_epochs"]
     declared = doc.get("vars") or {}
-    for key, value in (preset.get("vars") or {}).items():
+    own = ((preset.get("graphs") or {}).get(doc.get("name")) or {}).get("vars") or {}
+    for key, value in {**(preset.get("vars") or {}), **own}.items():
         if key in declared:
             declared[key] = value
 

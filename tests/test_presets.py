@@ -48,6 +48,11 @@ def test_apply_preset_swaps_nets_and_keeps_the_topology() -> None:
                             "lr_schedule": {"type": "cosine"}}
     assert [s.get("epochs") for s in doc["stages"]] == [10, 0, None]
     assert doc["vars"] == {"warmup": 2, "beta": 8}
+    # a graph's own vars in the preset win over the general ones, for that graph only
+    other = {"name": "review", "vars": {"warmup": 20, "t_channels": [64, 128]}}
+    per_graph = {"review": {"vars": {"t_channels": [8, 16]}}}
+    apply_preset(other, {"vars": {"warmup": 2, "t_channels": 64}, "graphs": per_graph})
+    assert other["vars"] == {"warmup": 2, "t_channels": [8, 16]}
 
 
 def test_later_overrides_win_and_the_preset_is_recorded() -> None:
