@@ -16,11 +16,13 @@ import torch
 
 from .data import data_info
 from .datasets.base import DataInfo
+from .deps import dependency_problems
 from .errors import NodeError, PlanError, SpecError, error_of, first_line, sort_problems
 from .graph import DistillGraph
 from .registry import DATASETS
 from .rng import rng_state, seed_everything, set_rng_state
 from .spec import GraphSpec, load_spec
+from .views import view_names
 
 
 class CheckedGraph(NamedTuple):
@@ -59,6 +61,9 @@ def check_graph(path: str | Path, overrides: list[str] | None = None, *, dry: bo
             raise
         more = DistillGraph.problems_of(e.spec, _guessed_data_info(e.spec), e.problems)
         raise error_of(sort_problems(e.problems + more)) from None
+    deps = dependency_problems(spec)  # init.from overrides, invalid dependencies, cycles of graph files
+    if deps:
+        raise SpecError(deps)
     return check_spec(spec, dry=dry)
 
 
@@ -99,6 +104,7 @@ def probe(graph: DistillGraph, batch: int = 2) -> None:
     g = torch.Generator().manual_seed(0)
     image = torch.randn(batch, data.channels, data.image_size, data.image_size, generator=g)
     label = torch.arange(batch) % data.num_classes
+    views = {v: torch.randn(image.shape, generator=g) for v in view_names(graph.spec.data)}  # distinct, as in training
     problems = []
     for stage in graph.plan.stages:
         graph.set_stage(stage)
@@ -110,7 +116,7 @@ def probe(graph: DistillGraph, batch: int = 2) -> None:
                 graph.fit_batch(image, label)
                 for name in stage.fit:
                     graph.nodes[name].fit_end()
-            total, _ = graph(image, label, torch.arange(batch))
+            total, _ = graph(image, label, torch.arange(batch), views)
             if total.requires_grad:
                 total.backward()
             graph.gradless[stage.index] = [n for n, p in graph.named_parameters() if p.requires_grad and p.grad is None]

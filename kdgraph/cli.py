@@ -22,13 +22,26 @@ def _with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:
     return ([f"preset={preset}"] if preset else []) + overrides
 
 
+def _graph_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Graph files and overrides: `--pair NAME`'s (kdgraph/pairs.py), then `--preset NAME`, then the command line's.
+
+    The pair names zoo nets; the preset after it maps them to its small ones; the user's overrides win.
+    """
+    files, overrides = split_args(args.items)
+    pair: list[str] = []
+    if getattr(args, "pair", None):
+        from .pairs import with_pair
+
+        pair = with_pair(files, [], args.pair)
+    return files, pair + _with_preset(args, overrides)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .check import check_graph
     from .initcheck import check_inits
     from .spec import dump_resolved
 
-    files, overrides = split_args(args.items)
-    overrides = _with_preset(args, overrides)
+    files, overrides = _graph_args(args)
     if not files:
         raise SpecError("name at least one graph file")
     failed: list[str] = []
@@ -56,24 +69,42 @@ def _count(n: int) -> str:
     return f"{n:,}" if n else "-"
 
 
+def _views_column(spec: Any) -> dict[str, str]:
+    """Per node, the data views it reads ('weak', 'image' for the default view, '-'), when the file declares views."""
+    from .views import describe, node_views, view_names
+
+    if not view_names(spec.data):
+        return {}
+    views = spec.data["views"]
+    for name in view_names(spec.data):
+        print(f"view {name}: {describe(views[name])}  (port data.{name}.image)")
+    return {n: ", ".join(v) or "-" for n, v in node_views(spec.nodes).items()}
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from .check import check_graph
     from .export import deployed_parameter_count, deployed_parts
     from .memory import memory_table
     from .train.cache import cache_plan_lines
 
-    files, overrides = split_args(args.items)
-    overrides = _with_preset(args, overrides)
+    files, overrides = _graph_args(args)
     if len(files) != 1:
         raise SpecError("plan takes one graph file")
     spec, graph = check_graph(files[0], overrides, dry=False)
     plan = graph.plan
     memory = {m.stage: m for m in _memory(spec, graph, args.batch)} if args.memory else {}
     print(f"{spec.name}: {spec.title}")
+    if args.pair:
+        from .pairs import describe_pair
+
+        print(describe_pair(spec, args.pair))
+    seen = _views_column(spec)  # a `view` column when data.views declares views
     for stage in plan.stages:
         stage_spec = spec.stages[stage.index]
         print(f"\nstage {stage.name} ({stage_spec.epochs} epochs; losses: {', '.join(stage.edges) or 'none'})")
         rows = [("order", "node", "kind", "trainable", "no_grad", "parameters", "freed after")]
+        if seen:
+            rows[0] += ("view",)
         node_steps = [s for s in stage.program if s.kind == "node"]
         for i, step in enumerate(node_steps, 1):
             node = spec.nodes[step.name]
@@ -88,6 +119,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     _count(plan.params[step.name]),
                     freed[-1] if freed else "-",
                 )
+                + ((seen[step.name],) if seen else ())
             )
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         for r in rows:
@@ -122,6 +154,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .catalog import load_builtins
     from .registry import REGISTRIES
 
+    if args.kind == "pairs":
+        from .pairs import format_rows, pair_rows
+
+        if not args.graph:
+            raise SpecError("list pairs takes a graph file: kdgraph list pairs graphs/dkd.yaml")
+        print(format_rows(pair_rows(args.graph)), end="")
+        return 0
     load_builtins()
     if getattr(args, "markdown", False):
         from .docs import reference_markdown
@@ -179,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .initcheck import check_inits
     from .train import Trainer, new_run_dir
 
-    files, overrides = split_args(args.items)
+    files, overrides = _graph_args(args)
     if args.resume:
         if files or overrides or args.preset:
             raise SpecError(
@@ -205,7 +244,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         if len(files) != 1:
             raise SpecError("run takes one graph file (and key=value overrides)")
-        overrides = _with_preset(args, overrides)
         checked = check_graph(files[0], overrides)  # every problem before any directory is made
         spec = checked.spec
         check_inits(spec, checked.graph)
@@ -338,10 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-memory", dest="memory", action="store_false", help="skip the memory estimate (a step on fake tensors)"
     )
     pl.set_defaults(func=cmd_plan)
+    for sp in (run, val, pl):
+        sp.add_argument("--pair", metavar="NAME", help="a teacher-student pair from the graph file's `pairs:` table")
 
-    ls = _command(sub, "list", "list the registered nets, ops, losses and datasets")
-    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses", "datasets"],
-                    help="one registry only (default: all)")
+    ls = _command(sub, "list", "list the registered nets, ops, losses and datasets, or a graph's pairs")
+    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses", "datasets", "pairs"],
+                    help="one registry only (default: all), or pairs: the `pairs:` table of GRAPH")
+    ls.add_argument("graph", nargs="?", help="with pairs: the graph file whose `pairs:` table to show")
     ls.add_argument("--markdown", action="store_true", help="the reference documentation as Markdown")
     ls.add_argument("-o", "--output", metavar="FILE", help="with --markdown: write to FILE instead of printing")
     ls.set_defaults(func=cmd_list)

@@ -24,7 +24,7 @@ handwritten digits, no download), ``synthetic`` (learnable class prototypes plus
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ class Batch:
     label: torch.Tensor
     index: torch.Tensor
     variant: torch.Tensor | None = None  # each sample's crop/flip as one number (the output cache's key)
+    views: dict[str, torch.Tensor] = field(default_factory=dict)  # named views of the same samples
 
 
 def pad_of(image_size: int) -> int:
@@ -110,8 +111,16 @@ def _epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stage * 10_007 + epoch)
 
 
-def _batch_count(n: int, batch_size: int, drop_last: bool, limit: int | None) -> int:
-    full = n // batch_size if drop_last else -(-n // batch_size)
+def _batch_count(n: int, batch_size: int, drop_last: bool, limit: int | None, world: int = 0) -> int:
+    """Batches per epoch: ceil(n / batch) keeping the last partial batch (the reference), floor when dropping.
+
+    world > 0 (training): a partial batch that would give one of `world` processes fewer than 2 samples
+    is dropped anyway, since BatchNorm cannot train on one sample (the reference would stop there).
+    """
+    full, rest = divmod(n, batch_size)
+    if rest and not drop_last:
+        per = -(-rest // world) if world else 0
+        full += 1 if not world or rest - (world - 1) * per >= 2 else 0
     return min(full, limit) if limit else full
 
 
@@ -153,14 +162,16 @@ class TensorLoader:
         rank: int = 0,
         world: int = 1,
         limit_batches: int | None = None,
-        drop_last: bool | None = None,
+        drop_last: bool = False,
+        views: dict[str, Any] | None = None,
     ):
         self.split = split
+        self.views = views or {}  # name -> kdgraph.augment.ViewPipeline, drawn on training epochs only
         self.batch_size, self.normalizer, self.device = batch_size, normalizer, device
         self.train, self.augment, self.seed, self.rank, self.world = train, augment, seed, rank, world
         self.pad = pad_of(split.images.shape[-1])
-        self.drop_last = train if drop_last is None else drop_last
-        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches)
+        self.drop_last = bool(drop_last)
+        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches, world if train else 0)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -185,16 +196,23 @@ class TensorLoader:
         augment = self.train and self.augment
         if augment:
             oy, ox, flip = d.oy.to(where), d.ox.to(where), d.flip.to(where)
+        views = self.views if self.train else {}
+        view_draws = {v: p.to(p.draws(len(self.split), self.seed, stage, epoch), where) for v, p in views.items()}
         for b in range(start, self.num_batches):
             idx = _shard(order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world)
-            images = self.split.images[idx]
+            raw = images = self.split.images[idx]
             variant = None
             if augment:
                 images = crop_flip(images, oy[idx], ox[idx], flip[idx], self.pad)
                 variant = variant_ids(oy[idx], ox[idx], flip[idx], self.pad).to(self.device, non_blocking=True)
             images = images.to(self.device, non_blocking=True)
             labels = self.split.labels[idx].to(self.device, non_blocking=True)
-            yield Batch(self.normalizer(images), labels, idx.to(self.device, non_blocking=True), variant)
+            shown = {}
+            if views:  # every view from the same samples' raw pixels
+                host_idx = _shard(d.order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world)
+                for v, p in views.items():
+                    shown[v] = self.normalizer(p.apply(raw, idx, host_idx, view_draws[v]).to(self.device))
+            yield Batch(self.normalizer(images), labels, idx.to(self.device, non_blocking=True), variant, shown)
 
 
 # ----------------------------------------------------------------------------- the torchvision loader
@@ -268,7 +286,7 @@ class TorchvisionLoader:
         rank: int = 0,
         world: int = 1,
         limit_batches: int | None = None,
-        drop_last: bool | None = None,
+        drop_last: bool = False,
         workers: int = 0,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
@@ -285,8 +303,8 @@ class TorchvisionLoader:
         self.split, self.batch_size, self.device = split, batch_size, device
         self.train, self.seed, self.rank, self.world = train, seed, rank, world
         self.dtype, self.channels_last = dtype, channels_last
-        self.drop_last = train if drop_last is None else drop_last
-        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches)
+        self.drop_last = bool(drop_last)
+        self.num_batches = _batch_count(len(split), batch_size, self.drop_last, limit_batches, world if train else 0)
         self.sampler = _GlobalBatches(self)
         self.data = torch.utils.data.DataLoader(
             _TransformedImages(split, self.transform),
@@ -328,6 +346,12 @@ class TorchvisionLoader:
 Loader = TensorLoader | TorchvisionLoader
 
 
+def normalization_of(dataset: Dataset, data_cfg: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the normalisation: `data.mean` / `data.std` (a recipe's own, e.g. TESKD's CIFAR-10
+    statistics on CIFAR-100, ATS-LargeKD's ImageNet ones), else the dataset's."""
+    return tuple(data_cfg.get("mean") or dataset.mean), tuple(data_cfg.get("std") or dataset.std)
+
+
 def make_loaders(
     dataset: Dataset,
     data_cfg: dict[str, Any],
@@ -335,8 +359,11 @@ def make_loaders(
     device: torch.device,
     rank: int = 0,
     world: int = 1,
+    views: dict[str, Any] | None = None,
 ) -> tuple[Loader, Loader, Loader]:
     """(train, fit, test) loaders of the kind `data.loader` names, for this process of `world`.
+
+    `views`: named views' pipelines (``kdgraph.augment.make_views``), drawn by the train loader only.
 
     The train loader normalises in bfloat16 when `train.precision` is bf16 on the device loader (the
     network runs under autocast anyway); the fit and test loaders stay in float32 (fits accumulate
@@ -351,9 +378,12 @@ def make_loaders(
     common = dict(rank=rank, world=world, seed=int(train_cfg.get("seed", 0)))
     limit, limit_eval = train_cfg.get("limit_batches"), train_cfg.get("limit_eval_batches")
     augment = bool(data_cfg.get("augment", True))
+    if kind == "torchvision" and views:
+        raise DataError("data.views need the tensor loaders: set data.loader: host or device")
+    drop_last = bool(data_cfg.get("drop_last", False))  # training only; evaluation sees every sample
+    mean, std = normalization_of(dataset, data_cfg)
     if kind == "torchvision":
         tv = dict(workers=int(data_cfg.get("workers", 0) or 0), channels_last=channels_last, **common)
-        mean, std = dataset.mean, dataset.std
         return (
             TorchvisionLoader(
                 dataset.train,
@@ -364,6 +394,7 @@ def make_loaders(
                 train=True,
                 augment=augment,
                 limit_batches=limit,
+                drop_last=drop_last,
                 dtype=train_dtype,
                 **tv,
             ),
@@ -376,10 +407,13 @@ def make_loaders(
         )
     store = device if kind == "device" else torch.device("cpu")
     train_split, test_split = dataset.train.to(store), dataset.test.to(store)
-    norm = Normalizer(dataset.mean, dataset.std, device, train_dtype, channels_last)
-    norm32 = Normalizer(dataset.mean, dataset.std, device, torch.float32, channels_last)
+    norm = Normalizer(mean, std, device, train_dtype, channels_last)
+    norm32 = Normalizer(mean, std, device, torch.float32, channels_last)
     return (
-        TensorLoader(train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, **common),
+        TensorLoader(
+            train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, drop_last=drop_last,
+            views=views, **common,
+        ),
         TensorLoader(
             train_split, eval_batch, norm32, device, train=False, augment=False, limit_batches=limit, **common
         ),

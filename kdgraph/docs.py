@@ -18,6 +18,7 @@ from typing import Any
 
 from .catalog import load_builtins
 from .registry import LOSSES, NETS, OPS, Entry, PortInfo, Registry
+from .views import reference_section as views_reference
 
 REGENERATE = "kdgraph list --markdown -o docs/reference.md"
 FROM_DATA = ("num_classes", "in_channels", "image_size", "num_train")  # the engine fills these from the dataset
@@ -47,7 +48,7 @@ def reference_markdown(include_plugins: bool = False) -> str:
         "",
         f"Generated from the registries by `{REGENERATE}`; do not edit it by hand. {counts}.",
         "",
-        "- [Nets](#nets)\n- [Ops](#ops)\n- [Losses](#losses)",
+        "- [Nets](#nets)\n- [Ops](#ops)\n- [Losses](#losses)\n- [Views](#views)",
     ]
     for kind, _, block in sections:
         entries = chosen[kind]
@@ -55,6 +56,7 @@ def reference_markdown(include_plugins: bool = False) -> str:
         out += [f"| [`{e.name}`](#{_anchor(e)}) | {_cell(e.description)} |" for e in entries]
         for group in _groups(entries, block):
             out += ["", *group]
+    out += ["", *views_reference()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).rstrip() + "\n"
 
 

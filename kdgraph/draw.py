@@ -260,13 +260,12 @@ def loss_label(edge, value: float | None = None) -> str:
     from .spec import default_edge_name
 
     params = " ".join(f"{k}={fmt_schedule(v)}" for k, v in edge.params.items())
-    text = " ".join(t for t in (edge.loss, params, f"×{fmt_schedule(edge.weight)}") if t)
+    text = " ".join(t for t in (edge.loss, params) if t)
     default = default_edge_name(edge.loss, edge.target, edge.pred)
     if edge.name not in (default, f"{default}#{edge.index}"):
         text = f"{edge.name}: {text}"
-    if not edge.detach:
-        text += " (no detach)"
-    text = _short(text, 60)
+    tail = f" ×{fmt_schedule(edge.weight)}" + ("" if edge.detach else " (no detach)")
+    text = _short(text, 60 - len(tail)) + tail  # a long parameter list is shortened, the weight always shows
     if value is not None:
         text += f"\nfinal {value:.4g}"
     return text
@@ -379,8 +378,11 @@ def _add_stage(
     def nid(name: str) -> str:
         return prefix + name
 
+    from .views import describe, view_names
+
+    views = [f"{v}: {describe(spec.data['views'][v])}" for v in view_names(spec.data)]  # arrows name the view
     d.nodes.append(
-        DNode(nid(DATA), "data", ["data", str(spec.data.get("dataset", ""))], "data", group=group, name=DATA)
+        DNode(nid(DATA), "data", ["data", str(spec.data.get("dataset", "")), *views], "data", group=group, name=DATA)
     )
     for name in names:
         node = spec.nodes[name]

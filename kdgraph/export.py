@@ -223,7 +223,7 @@ class DeployedModel(nn.Module):
         self._program = graph.bind(program, False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        values: dict[str, Any] = {"data.image": image, "data.label": None, "data.index": None}
+        values = self.graph.data_values(image)
         self.graph.walk(self._program, values)
         return values[self.port]
 
@@ -251,6 +251,9 @@ def _slice_document(doc: dict, port: str) -> tuple[dict, dict[str, str]]:
         "deploy": port,
         "train": {"epochs": 0, "eval": [port]},  # nothing to train: a graph of the deployed computation only
     }
+    views = (doc.get("data") or {}).get("views")
+    if views:  # nodes may read data.<view>.image: the deployed module feeds them its one image
+        sliced["data"] = {"views": copy.deepcopy(views)}
     return sliced, outside
 
 
@@ -453,7 +456,7 @@ def write_torchscript(model: DeployedModel, info: DataInfo, path: Path) -> str |
 @torch.no_grad()
 def evaluate_exported(model: nn.Module, run_dir: str | Path, batch_size: int | None = None) -> dict[str, float]:
     """Top-1 / top-5 (%) of `model` on the test split of a run's data, batched as its evaluation was."""
-    from .data import Normalizer, TensorLoader, load_dataset
+    from .data import Normalizer, TensorLoader, load_dataset, normalization_of
 
     final = _read_final(Path(run_dir))
     spec = _run_spec(final["spec"])
@@ -466,7 +469,8 @@ def evaluate_exported(model: nn.Module, run_dir: str | Path, batch_size: int | N
     # the run's numerics: its autocast, and bf16 images when its loader kept them on the device
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_cfg["precision"])
     on_device_bf16 = spec.data["loader"] == "device" and amp is torch.bfloat16
-    norm = Normalizer(dataset.mean, dataset.std, device, torch.bfloat16 if on_device_bf16 else torch.float32)
+    mean, std = normalization_of(dataset, spec.data)
+    norm = Normalizer(mean, std, device, torch.bfloat16 if on_device_bf16 else torch.float32)
     loader = TensorLoader(
         dataset.test,
         int(batch_size or spec.data["eval_batch_size"]),

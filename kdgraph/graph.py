@@ -25,6 +25,7 @@ from .plan import NodeFacts, Plan, StagePlan, Step, build_program, make_plan, po
 from .registry import LOSSES, NETS, OPS, PortInfo
 from .spec import ENGINE_ARGS, EdgeSpec, GraphSpec, NodeSpec
 from .spec.dataflow import DATA, dataflow_graph, needed, node_of, node_refs, topo_order
+from .views import view_names, view_port
 
 
 def _accepts(obj: Any, name: str) -> bool:
@@ -57,6 +58,9 @@ class DistillGraph(nn.Module):
         self._loss_fns = {e.name: LOSSES.get(e.loss).obj for e in spec.edges}
         self._loss_takes_labels = {e.name: _accepts(LOSSES.get(e.loss).obj, "labels") for e in spec.edges}
         self._edges = {e.name: e for e in spec.edges}
+        self.routed = any(e.optim for e in spec.edges)  # per-route loss totals for DOT (kdgraph/routes.py)
+        self.route_totals: dict[str, torch.Tensor] | None = None
+        self._view_ports = {v: view_port(v) for v in view_names(spec.data)}
         self._epoch_params: dict[str, dict[str, Any]] = {}
         self._weights: dict[str, float] = {}
         # scheduled weights live in 0-dim tensors updated in place, so a torch.compile'd step is not
@@ -175,7 +179,7 @@ class DistillGraph(nn.Module):
     def _port_info(self, port: str, facts: dict[str, NodeFacts]) -> PortInfo:
         node, name = port.split(".", 1)
         if node == DATA:
-            if name == "image":
+            if name == "image" or name.endswith(".image"):
                 return PortInfo("map", self.data_info.channels, 1)
             return PortInfo("any")
         return facts[node].ports.get(name, PortInfo()) if node in facts else PortInfo()
@@ -245,6 +249,15 @@ class DistillGraph(nn.Module):
 
     # ------------------------------------------------------------------ walking
 
+    def data_values(
+        self, image: torch.Tensor, label: Any = None, index: Any = None, views: dict | None = None
+    ) -> dict[str, Any]:
+        """The data ports of a batch; a view the batch lacks (evaluation, export) is the plain image."""
+        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
+        for v, port in getattr(self, "_view_ports", {}).items():
+            values[port] = views[v] if views and v in views else image
+        return values
+
     def forward(
         self,
         image: torch.Tensor,
@@ -252,19 +265,22 @@ class DistillGraph(nn.Module):
         index: torch.Tensor | None = None,
         variant: torch.Tensor | None = None,
         observe: Callable[[str, str, bool], None] | None = None,
+        views: dict[str, torch.Tensor] | None = None,
     ):
         """One training step's forward: (weighted total loss, the stage's edge losses stacked, detached).
 
         Runs the stage's program bound to closures once (``bind``): per batch, only the tensor work
         and a few dict operations remain. `variant` is each sample's augmentation variant (the output
         cache's key with `index`). ``observe(kind, name, before)``, when given, is called before and
-        after each node or loss step (the memory estimate uses it).
+        after each node or loss step (the memory estimate uses it). `views`: the batch's named views
+        (``data.<view>.image``).
         """
-        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": index}
+        values = self.data_values(image, label, index, views)
         values[_CACHE_KEYS] = (index, variant)  # beside the ports: the plan never frees it
         amp = _autocast_on(image.device.type)
         total: torch.Tensor | None = None
         losses: list[torch.Tensor] = []
+        routes: dict[str, torch.Tensor] | None = {} if self.routed else None  # DOT: kdgraph/routes.py
         for run, weight, step in self._bound("train", amp):
             if observe is not None:
                 observe(step.kind, step.name, True)
@@ -278,6 +294,10 @@ class DistillGraph(nn.Module):
                 losses.append(out)
                 term = out if (weight.__class__ is float and weight == 1.0) else out * weight
                 total = term if total is None else total + term
+                if routes is not None:
+                    route = self._edges[step.name].optim or "main"
+                    routes[route] = term if route not in routes else routes[route] + term
+        self.route_totals = routes
         if total is None:  # a stage without losses (fits only)
             return torch.zeros((), device=image.device), torch.zeros(0, device=image.device)
         with torch.no_grad():  # the metrics need no autograd node (stack promotes mixed dtypes)
@@ -290,7 +310,7 @@ class DistillGraph(nn.Module):
     @torch.no_grad()
     def evaluate(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The stage's evaluated ports for a batch of images."""
-        values: dict[str, Any] = {"data.image": image}
+        values = self.data_values(image)
         self.walk(self._bound("eval", False), values)
         return {p: values[p] for p in self.stage.eval_ports}
 
@@ -301,14 +321,14 @@ class DistillGraph(nn.Module):
         """Any ports for a batch (no gradient), e.g. for export checks and the dry run."""
         order = needed(self.plan.order, dataflow_graph(self.spec, refs=False), ports)
         program = build_program(self.spec, order, ports, [], lambda n: True, keep=ports)
-        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
+        values = self.data_values(image, label)
         self.walk(self.bind(program, False), values)
         return {p: values[p] for p in ports}
 
     @torch.no_grad()
     def fit_batch(self, image: torch.Tensor, label: torch.Tensor) -> None:
         """Feed one batch to each node this stage fits (fit_step with its inputs)."""
-        values: dict[str, Any] = {"data.image": image, "data.label": label, "data.index": None}
+        values = self.data_values(image, label)
         self.walk(self._bound("fit", False), values)
         for name in self.stage.fit:
             self.nodes[name].fit_step(*[values[p] for p in self.spec.nodes[name].inputs])
@@ -589,4 +609,3 @@ def _registered(node: NodeSpec) -> bool:
     return node.type in (NETS if node.kind == "net" else OPS)
 
 
-__all__ = ["DataInfo", "DistillGraph", "node_of"]

@@ -26,12 +26,6 @@ if TYPE_CHECKING:
 INIT_KINDS = ("checkpoint", "from", "stage", "snapshot")
 
 
-def dependency_overrides(parent_overrides: list[str], init: Mapping[str, Any]) -> list[str]:
-    """What a dependency graph is loaded with: the parent's data and preset overrides, then the init's own."""
-    forwarded = [o for o in parent_overrides if o.lstrip("+~").startswith(("data.", "preset="))]
-    return forwarded + [str(o) for o in init.get("overrides") or []]
-
-
 def all_inits(spec: GraphSpec) -> Iterator[tuple[str, dict[str, Any], tuple]]:
     """(node, init, YAML path) of every init action: the nodes' own, then each stage's."""
     for name, node in spec.nodes.items():
@@ -58,11 +52,13 @@ def _dependency_state(spec: GraphSpec, name: str, init: Mapping[str, Any]) -> di
     by construction, and the build (whose meta-device init imports much of torch) is skipped.
     """
     from .check import spec_data_info
+    from .deps import dependency_of
     from .graph import DistillGraph
     from .meta import weightless
     from .spec import load_spec
 
-    child = load_spec(spec.base_dir / init["from"], dependency_overrides(spec.overrides, init))
+    dep = dependency_of(spec, init)  # exactly what the run will pass it (deps.py)
+    child = load_spec(dep.path, dep.overrides)
     theirs = child.nodes.get(init.get("node", name))
     alike = theirs is not None and _declared(spec.nodes[name]) == _declared(theirs)
     if alike and spec_data_info(spec) == spec_data_info(child):

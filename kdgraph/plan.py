@@ -75,7 +75,9 @@ def port_problems(spec: GraphSpec, facts: dict[str, NodeFacts]) -> list[Problem]
         if not isinstance(port, str) or "." not in port:
             return  # not a port at all: the loader reports it
         node, name = port.split(".", 1)
-        known = DATA_INFO if node == DATA else facts[node].ports if node in facts else None
+        if node == DATA:
+            return  # data ports, views included, are checked with the file (kdgraph.views)
+        known = facts[node].ports if node in facts else None
         if known is not None and name not in known:
             problems.append(
                 spec.problem(

@@ -25,6 +25,8 @@ from kdgraph.train import Trainer
 from .conftest import GRAPHS, SMOKE, load, node_state, same
 
 GRAPH_FILES = sorted(str(p.relative_to(GRAPHS)) for p in GRAPHS.rglob("*.yaml") if p.parent.name != "presets")
+# nets whose BatchNorm degenerates on 8 x 8 images in batches of 2 (ResNet50's 1 x 1 last stage diverges in 2 steps)
+SMOKE_IMAGE_SIZE = {"teachers/ResNet50.yaml": 16}
 
 
 def smoke_overrides(path: Path, image_size: int = 8) -> list[str]:
@@ -68,7 +70,8 @@ def smoke(tmp_path_factory: pytest.TempPathFactory):
         if rel not in done:
             path = GRAPHS / rel
             try:
-                done[rel] = _smoke_run(path, load_spec(path, smoke_overrides(path)), tmp_path_factory)
+                size = SMOKE_IMAGE_SIZE.get(rel, 8)
+                done[rel] = _smoke_run(path, load_spec(path, smoke_overrides(path, size)), tmp_path_factory)
             except PlanError:  # its dry run says the images are too small for its nets: the CIFAR size
                 done[rel] = _smoke_run(path, load_spec(path, smoke_overrides(path, 32)), tmp_path_factory)
         return done[rel]

@@ -91,7 +91,7 @@ def kl_prob(
     probabilities get eps added (not renormalised) before the KL, i.e. per sample
     sum_c (q_c + eps) * (log(q_c + eps) - log p_c), averaged over the batch. TESKD trains the
     backbone through this loss too: put ``detach: false`` on the edge. T: number or scalar tensor
-    (TESKD's code uses 3; METHODS.md's recipe 4). Li et al., TESKD, arXiv:2110.00329.
+    (TESKD's code runs with 4, its --temperature default). Li et al., TESKD, arXiv:2110.00329.
     """
     t = temperature(T, target)
     q = F.softmax(target / t, dim=1) + eps

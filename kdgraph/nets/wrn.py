@@ -10,8 +10,13 @@ the global average of ``relu(bn1(feat3))``; ``logits``.
 Pre-activation semantics (RepDistiller ``preact=True``): a pre-activation ResNet has no ReLU right
 after a stage, so ``preactK`` (K >= 1) is the BatchNorm that the next layer applies to ``featK``
 (``block{K+1}.layer.0.bn1``, or the final ``bn1`` for K=3): ``relu(preactK)`` is what the next
-layer consumes, NOT ``featK``. Unlike the reference we reuse that BN output inside the next
-block instead of running the BN twice (same values, running statistics updated once).
+layer consumes, NOT ``featK``. We reuse that BN output inside the next block instead of running
+the BN twice (same values, running statistics updated once). That is RepDistiller's behaviour for
+every method that does not ask for pre-activation features. mdistiller's forward always computes
+them, so in training mode its ``block2.layer.0.bn1``, ``block3.layer.0.bn1`` and ``bn1`` update their
+running statistics twice per step (the same batch, momentum applied twice). kdgraph follows
+RepDistiller: the weights and the training forward match both codes, but the running statistics (and so
+the eval-mode outputs) of a WRN trained here match RepDistiller's, not mdistiller's.
 ``preact0 == feat0`` (the raw stem conv, which may be negative).
 """
 

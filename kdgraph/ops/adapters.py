@@ -29,38 +29,69 @@ def _target_channels(channels: int | None, in_info: list[PortInfo] | None, what:
     raise ValueError(f"{what}: give `channels`, or a second input (the target port) with known channels")
 
 
+def convreg_layer(c_in: int, c_out: int, s_h: int, t_h: int) -> nn.Module:
+    """The conv of RepDistiller / mdistiller ``ConvReg`` for a student map of side s_h and a teacher map of side t_h.
+
+    s_h = 2 t_h: Conv3x3 stride 2 padding 1; 2 s_h = t_h: ConvTranspose4x4 stride 2 padding 1;
+    s_h >= t_h otherwise: Conv k x k with k = 1 + s_h - t_h (1x1 for equal sizes), no padding. All with
+    bias (the reference keeps it before its BatchNorm). A student map smaller than the teacher's by
+    another factor is rejected, as the reference does.
+    """
+    if s_h == 2 * t_h:
+        return nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+    if 2 * s_h == t_h:
+        return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
+    if s_h >= t_h:
+        return nn.Conv2d(c_in, c_out, 1 + s_h - t_h)
+    raise ValueError(f"student map {s_h}x{s_h} is smaller than the teacher's {t_h}x{t_h} by a factor other "
+                     "than 2, which ConvReg does not map; give kernel_size for a conv + resize instead")
+
+
 @register_op("connector")
 class Connector(Op):
-    """FitNet-style connector: Conv (1x1 by default) + BN from the input's channels to `channels`.
+    """FitNet's connector (RepDistiller / mdistiller ``ConvReg``): Conv with bias + BN [+ ReLU] to `channels`.
 
     Inputs: x [, ref]. Output channels: the ``channels`` parameter, else ref's channels (ref is
-    typically the teacher map the output is compared with). When ref is given and its spatial size
-    differs, the output is resized to it (average pooling down, bilinear up). kernel_size: 1 (3 for
-    RepDistiller's ConvReg); relu adds a ReLU. A vector input (N, C) gets Linear + BatchNorm1d.
+    typically the teacher map the output is compared with). Default (kernel_size unset): the conv is
+    ConvReg's choice from the two map sides (``convreg_layer``: 1x1 for equal sizes, strided 3x3 to
+    halve, transposed 4x4 to double, a (1 + s - t) kernel otherwise), bias on; sides come from the
+    ports' strides and the data's image size. kernel_size = k: a k x k conv (padding k // 2, no bias
+    unless bias: true) whose output is resized to ref (average pooling down, bilinear up). relu adds
+    a ReLU (ConvReg's use_relu; FitNet sets it). A vector input (N, C) gets Linear + BatchNorm1d.
     Output ``out``: (N, channels, H, W), or (N, channels) for vectors.
     """
 
     def __init__(
         self,
         channels: int | None = None,
-        kernel_size: int = 1,
+        kernel_size: int | None = None,
         bn: bool = True,
         relu: bool = False,
+        bias: bool | None = None,
         in_info: list[PortInfo] | None = None,
+        image_size: int | None = None,
     ):
         super().__init__()
-        info = first_info(in_info)
+        info, ref = first_info(in_info), first_info(in_info, 1)
         c_in, c_out = channels_of(in_info, 0, "connector"), _target_channels(channels, in_info, "connector")
         self.vector = info.kind in ("vector", "logits")
         if self.vector:
-            layers: list[nn.Module] = [nn.Linear(c_in, c_out, bias=not bn)]
+            layers: list[nn.Module] = [nn.Linear(c_in, c_out, bias=not bn if bias is None else bias)]
             layers += [nn.BatchNorm1d(c_out)] if bn else []
+        elif kernel_size is None:
+            sides = [image_size // s if image_size and s else None for s in (info.stride, ref.stride)]
+            s_h, t_h = sides if None not in sides else (1, 1)  # sizes unknown: 1x1, resized in forward
+            conv = convreg_layer(c_in, c_out, s_h, t_h)
+            if bias is False:
+                conv.bias = None
+            layers = [conv]
         else:
-            layers = [nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=not bn)]
+            k = int(kernel_size)
+            layers = [nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=not bn if bias is None else bias)]
+        if not self.vector:
             layers += [nn.BatchNorm2d(c_out)] if bn else []
         layers += [nn.ReLU()] if relu else []
         self.body = nn.Sequential(*layers)
-        ref = first_info(in_info, 1)
         self._info = PortInfo("vector" if self.vector else "map", c_out, ref.stride or info.stride)
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:

@@ -39,19 +39,49 @@ class MixedFusion(Op):
 
     C = 512 (TESKD: the last stage's width). Output ports ``t1`` .. ``tB``: (N, C, H_i, W_i), the
     spatial size of s_i. Li et al., TESKD, arXiv:2110.00329.
+
+    fusion: the merge of TESKD's Table 4 ablation (the other levels as above, t_B = lateral_B(s_B)):
+
+    * "mixed" (default, MFM):  t_i = fuse_i(cat[up_i(t_{i+1}) + lateral_i(s_i), up_i(t_{i+1})])
+    * "add" (FPN style, "w/o MFM-Concat"):  t_i = up_i(t_{i+1}) + lateral_i(s_i)  (no fuse conv)
+    * "concat" (UNet style, "w/o MFM-Add"):  t_i = fuse_i(cat[s_i, up_i(t_{i+1})]), fuse_i =
+      Conv1x1(C_i + C -> C)+BN+ReLU, the extra 1x1 conv that halves the concatenation (the raw
+      backbone feature, no lateral: the paper's "raw features from the backbone")
+    * "none" ("w/o MFM-No Connection"):  t_i = up_i(t_{i+1})  (the last stage's feature upsampled)
     """
 
-    def __init__(self, channels: int = 512, in_info: list[PortInfo] | None = None):
+    FUSIONS = ("mixed", "add", "concat", "none")
+
+    def __init__(self, channels: int = 512, fusion: str = "mixed", in_info: list[PortInfo] | None = None):
         super().__init__()
         if not in_info or len(in_info) < 2:
             raise ValueError("mfm needs at least two stage features as inputs (s1..sB, finest first)")
+        if fusion not in self.FUSIONS:
+            raise ValueError(f"mfm: fusion must be one of {', '.join(self.FUSIONS)}, not {fusion!r}")
         c = int(channels)
-        self.levels, self.channels = len(in_info), c
+        self.levels, self.channels, self.fusion = len(in_info), c, fusion
+        widths = [channels_of(in_info, i, "mfm") for i in range(self.levels)]
         self.strides = [first_info(in_info, i).stride for i in range(self.levels)]
         self.outputs = tuple(f"t{i + 1}" for i in range(self.levels))
-        self.laterals = nn.ModuleList(conv_bn_relu(channels_of(in_info, i, "mfm"), c) for i in range(self.levels))
+        lateral_at = range(self.levels) if fusion in ("mixed", "add") else [self.levels - 1]
+        self.laterals = nn.ModuleList(
+            conv_bn_relu(widths[i], c) if i in lateral_at else nn.Identity() for i in range(self.levels)
+        )
         self.ups = nn.ModuleList(_Up(c) for _ in range(self.levels - 1))  # ups[i] lifts t_{i+2} to level i+1
-        self.fuses = nn.ModuleList(conv_bn_relu(2 * c, c) for _ in range(self.levels - 1))
+        fuse_in = {"mixed": [2 * c] * self.levels, "concat": [w + c for w in widths]}.get(fusion)
+        self.fuses = nn.ModuleList(
+            conv_bn_relu(fuse_in[i], c) if fuse_in else nn.Identity() for i in range(self.levels - 1)
+        )
+
+    def merge(self, i: int, up: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Level i's fused map from the upsampled coarser one and the backbone's stage feature."""
+        if self.fusion == "mixed":
+            return self.fuses[i](torch.cat([up + self.laterals[i](s), up], dim=1))
+        if self.fusion == "add":
+            return up + self.laterals[i](s)
+        if self.fusion == "concat":
+            return self.fuses[i](torch.cat([s, up], dim=1))
+        return up
 
     def forward(self, *stages: torch.Tensor) -> dict[str, torch.Tensor]:
         if len(stages) != self.levels:
@@ -59,8 +89,7 @@ class MixedFusion(Op):
         t = self.laterals[-1](stages[-1])
         out = {self.outputs[-1]: t}
         for i in range(self.levels - 2, -1, -1):
-            up = self.ups[i](t, stages[i].shape[-2:])
-            t = self.fuses[i](torch.cat([up + self.laterals[i](stages[i]), up], dim=1))  # add + concat: "mixed"
+            t = self.merge(i, self.ups[i](t, stages[i].shape[-2:]), stages[i])
             out[self.outputs[i]] = t
         return out
 

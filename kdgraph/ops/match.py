@@ -10,7 +10,7 @@ import torch.distributed as dist
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of, first_info
 
-METRICS = ("correlation", "cosine", "l1", "l2")
+METRICS = ("correlation", "cosine", "l1", "l2", "kl")
 METHODS = ("bipartite", "greedy")
 
 
@@ -32,7 +32,10 @@ class ChannelMatch(Op):
 
     * metric "correlation": Pearson correlation over samples of teacher channel i and student
       channel j (KCD's best); "cosine": cosine over samples; "l1" / "l2": 1 / (||t_i - s_j|| + eps)
-      with the L1 / L2 norm over samples.
+      with the L1 / L2 norm over samples; "kl": 1 / (KL(p_i || q_j) + eps), where p_i and q_j are teacher
+      channel i's and student channel j's activation mass over the samples (p_i[n] = t_ni / sum_n t_ni,
+      activations clamped at 0; KCD names the KL consistency, its Table 2's second best, without a
+      formula: this is the inverse-divergence reading of its L_p consistency, eq. 3).
     * method "bipartite": a one-to-one assignment maximising trace (``linear_sum_assignment(M,
       maximize=True)``; needs c_t >= c_s); "greedy": each student channel takes its best teacher
       channel (repeats allowed).
@@ -84,6 +87,10 @@ class ChannelMatch(Op):
         }
         if self.metric == "l1":  # not expressible by moments: accumulate sum_n |t_ni - s_nj| directly
             batch["l1"] = torch.cdist(t.t().contiguous(), s.t().contiguous(), p=1)
+        if self.metric == "kl":  # KL's moments: sum_n t, sum_n t log t, sum_n t log s (masses clamped at 0)
+            tp, sp = t.clamp_min(0), s.clamp_min(0)
+            batch.update(kt=tp.sum(0), ks=sp.sum(0), ktlogt=torch.xlogy(tp, tp).sum(0),
+                         ktlogs=tp.t() @ sp.clamp_min(self.eps).log())
         if self._stats is None:
             self._stats = batch
         else:
@@ -120,6 +127,10 @@ class ChannelMatch(Op):
         if self.metric == "l2":
             d2 = (st["tt"][:, None] + st["ss"][None, :] - 2 * st["ts"]).clamp_min(0)
             return 1.0 / (d2.sqrt() + eps)
+        if self.metric == "kl":  # KL(p_i || q_j) = (sum t log t - sum t log s) / A_i - log A_i + log B_j
+            a, b = st["kt"].clamp_min(eps), st["ks"].clamp_min(eps)
+            kl = (st["ktlogt"][:, None] - st["ktlogs"]) / a[:, None] - a.log()[:, None] + b.log()[None, :]
+            return 1.0 / (kl.clamp_min(0) + eps)
         return 1.0 / (st["l1"] + eps)
 
     def solve(self, m: torch.Tensor) -> torch.Tensor:

@@ -35,9 +35,10 @@ def inverse_propensity(
 
 @register_op("propensity")
 class Propensity(Op):
-    """IPWD's per-sample KD weights: the inverse propensity p_head(y|x) / p_teacher(y|x), batch mean 1.
+    """IPWD's per-sample KD weights: the inverse propensity p_head(y|x) / p_machine(y|x), batch mean 1.
 
-    Inputs: machine logits (N, C) (the teacher: the "machine domain" of IPWD), human logits (N, C)
+    Inputs: machine logits (N, C) (IPWD's "machine domain": the KD-trained student's classifier, as
+    graphs/ipwd.yaml by default, or the teacher's), human logits (N, C)
     (an extra head trained with cross-entropy only, e.g. a ``linear_head`` on the student's pooled
     features: the "human domain"), labels (N,) (``data.label``). With p_m = softmax(machine / T)[y]
     and p_h = softmax(human)[y], the propensity of a sample in the machine domain is p_m / p_h and

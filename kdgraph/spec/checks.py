@@ -7,15 +7,17 @@ from typing import Any
 from ..catalog import load_builtins
 from ..errors import Problem, did_you_mean
 from ..registry import DATASETS, LOSSES, NETS, OPS, Entry, RegistryError
+from ..routes import route_problems
 from ..schedule import Schedule
+from ..views import data_port_problem
 from .document import Path_
-from .model import DATA_PORTS, EDGE_KEYS, ENGINE_ARGS, NODE_KEYS, PORT_RE, GraphSpec
+from .model import EDGE_KEYS, ENGINE_ARGS, NODE_KEYS, PORT_RE, GraphSpec
 
 
 def registry_problems(spec: GraphSpec) -> list[Problem]:
     """Names exist in the registries, parameters fit signatures, ports name existing nodes."""
     load_builtins()
-    problems: list[Problem] = []
+    problems: list[Problem] = route_problems(spec)
     known_nodes = set(spec.nodes) | {"data"}
     for name, node in spec.nodes.items():
         registry = NETS if node.kind == "net" else OPS
@@ -150,19 +152,14 @@ def _port_ref_problems(port: Any, path: Path_, known_nodes: set[str], spec: Grap
                 did_you_mean(node, sorted(known_nodes)) or f"known nodes: {', '.join(sorted(known_nodes))}",
             )
         ]
-    if node == "data" and name not in DATA_PORTS:
-        return [
-            spec.problem(
-                path, f"data has no port {name!r}", did_you_mean(name, DATA_PORTS) or "data ports: image, label, index"
-            )
-        ]
-    return []
+    bad = data_port_problem(name, spec.data) if node == "data" else None  # views add data.<view>.image
+    return [spec.problem(path, *bad)] if bad else []
 
 
 def _init_problems(init: dict, path: Path_, spec: GraphSpec, stage_index: int | None = None) -> list[Problem]:
-    keys = [k for k in ("checkpoint", "from", "stage", "snapshot") if k in init]
+    keys = [k for k in ("checkpoint", "from", "stage", "snapshot", "seed") if k in init]
     if len(keys) != 1:
-        return [spec.problem(path, "init needs exactly one of checkpoint, from, stage, snapshot")]
+        return [spec.problem(path, "init needs exactly one of checkpoint, from, stage, snapshot, seed")]
     kind = keys[0]
     if kind == "checkpoint":
         target = (spec.base_dir / init["checkpoint"]).expanduser()

@@ -33,6 +33,9 @@ DATA_DEFAULTS: dict[str, Any] = {
     "eval_batch_size": None,
     "workers": 2,
     "augment": True,
+    "drop_last": False,  # the reference loaders keep the last partial batch (782 steps at batch 64)
+    "mean": None,  # normalisation: None = the dataset's statistics
+    "std": None,
     "subset": None,
     "loader": "host",
     "size": 256,

@@ -302,5 +302,12 @@ def merge(base: dict, top: dict) -> dict:
 
 
 def dump_resolved(spec: GraphSpec) -> str:
-    """The resolved document as YAML (what `validate --resolved` prints and a run directory keeps)."""
-    return yaml.safe_dump(spec.doc, sort_keys=False, default_flow_style=None, width=110)
+    """The resolved document as YAML (what `validate --resolved` prints and a run directory keeps).
+
+    Its `data:` shows every loader setting with its default (drop_last, workers, ...); the synthetic
+    dataset's own keys only for the synthetic dataset, unset ones (None) not at all.
+    """
+    synthetic_only = {"size", "test_size", "channels", "classes"} if spec.data.get("dataset") != "synthetic" else set()
+    data = {k: v for k, v in spec.data.items() if k not in synthetic_only and v is not None}  # None: unset
+    doc = {k: (data if k == "data" else v) for k, v in spec.doc.items()}
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=110)

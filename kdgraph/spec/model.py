@@ -13,10 +13,11 @@ from ..errors import Problem, did_you_mean
 from .defaults import DATA_DEFAULTS, TRAIN_DEFAULTS
 from .document import Locator, Path_, merge
 
-PORT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_/]*)$")
+# node.port; data's named views add one level: data.<view>.image
+PORT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_/]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)$")
 DATA_PORTS = ("image", "label", "index")
 NODE_KEYS = ("net", "op", "in", "frozen", "init", "optim", "taps", "label")
-EDGE_KEYS = ("loss", "from", "to", "weight", "detach", "name", "sample_weight")
+EDGE_KEYS = ("loss", "from", "to", "weight", "detach", "name", "sample_weight", "optim")
 ENGINE_ARGS = ("in_info", "nodes", "num_classes", "in_channels", "image_size", "num_train")
 
 
@@ -45,6 +46,7 @@ class EdgeSpec:
     detach: bool = True
     sample_weight: str | None = None
     index: int = 0
+    optim: str | None = None  # the gradient route into the optimizer (kdgraph/routes.py); None: "main"
 
     # the old names, for branches written before the rename to target/pred (issue 12); remove after merging
     src = property(lambda self: self.target)
@@ -103,7 +105,7 @@ class GraphSpec:
 
     def hash(self) -> str:
         """Identity of what this graph computes: the resolved document, minus cosmetic keys."""
-        doc = {k: v for k, v in self.doc.items() if k not in ("title", "cite", "notes", "published")}
+        doc = {k: v for k, v in self.doc.items() if k not in ("title", "cite", "notes", "published", "pairs")}
         blob = json.dumps(doc, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -163,6 +165,7 @@ def normalise(
                 bool(raw.get("detach", True)),
                 raw.get("sample_weight"),
                 i,
+                raw.get("optim"),
             )
         )
     stages: list[StageSpec] = []

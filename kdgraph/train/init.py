@@ -1,8 +1,10 @@
-"""Init actions (checkpoint, another graph, an earlier stage, a snapshot), dependency graphs and their cache.
+"""Init actions (checkpoint, another graph, an earlier stage, a snapshot, a seed), dependency graphs and their cache.
 
-``init: {from: GRAPH.yaml}`` trains that graph first, in kdgraph's cache (``kdgraph/cache.py``:
-``$KDGRAPH_CACHE``, default ``~/.cache/kdgraph``) under the hash of its resolved spec, or reuses its
-final weights when they are there.
+``init: {from: GRAPH.yaml, overrides: [...]}`` trains that graph first, in kdgraph's cache
+(``kdgraph/cache.py``: ``$KDGRAPH_CACHE``, default ``~/.cache/kdgraph``) under the hash of its resolved
+spec, or reuses its final weights when they are there; what it receives (forwarded data and preset
+overrides, the caller's, its own) is resolved and printed by kdgraph/deps.py.
+``init: {seed: N}`` re-initialises the node as a fresh build under seed N (kdgraph/reinit.py).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import torch
 from ..cache import CACHE_ENV, cache_root
 from ..console import plural
 from ..data import Loader
+from ..deps import load_dependency
 from ..errors import CheckpointError
-from ..initcheck import dependency_overrides
 from ..nets.checkpoint import load_checkpoint
 from ..plan import StagePlan
-from ..spec import load_spec
+from ..reinit import reinitialise
 
 __all__ = ["CACHE_ENV", "InitActions", "cache_root"]
 
@@ -30,19 +32,21 @@ class InitActions:
     def _init_node(self, name: str, init: dict[str, Any], path: tuple) -> None:
         """Apply one init action; a failure is reported at the graph file's line that asked for it."""
         try:
-            self._apply_init(name, init)
+            self._apply_init(name, init, path)
         except CheckpointError as e:
-            kind = next((k for k in ("checkpoint", "from", "stage", "snapshot") if k in init), None)
+            kind = next((k for k in ("checkpoint", "from", "stage", "snapshot", "seed") if k in init), None)
             raise CheckpointError(self.spec.problem((*path, kind) if kind else path, str(e)).format()) from None
 
-    def _apply_init(self, name: str, init: dict[str, Any]) -> None:
+    def _apply_init(self, name: str, init: dict[str, Any], where: tuple = ()) -> None:
         module = self.graph.nodes[name]
         if "checkpoint" in init:
             path = (self.spec.base_dir / init["checkpoint"]).expanduser()
             load_checkpoint(module, path, key=init.get("key", "model"), strict=init.get("strict", True))
         elif "from" in init:
-            state = self._train_dependency(init["from"])
+            state = self._train_dependency(init, where)
             self._load_node_state(name, init.get("node", name), state, f"graph {init['from']}")
+        elif "seed" in init:
+            reinitialise(self.graph, name, int(init["seed"]))
         elif "stage" in init:
             self._load_node_state(
                 name, init.get("node", name), self.stage_ends[init["stage"]], f"stage {init['stage']}"
@@ -69,16 +73,18 @@ class InitActions:
                 f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
             )
 
-    def _train_dependency(self, rel: str) -> dict[str, Any]:
-        """Train another graph file first, or reuse its cached final weights (keyed by its spec hash)."""
-        path = self.spec.base_dir / rel
-        child = load_spec(path, dependency_overrides(self.spec.overrides, {}) + self.init_overrides)
+    def _train_dependency(self, init: dict[str, Any], where: tuple) -> dict[str, Any]:
+        """Train another graph file first, or reuse its cached final weights (keyed by its spec hash).
+
+        What it receives is explicit and printed (kdgraph/deps.py: forwarded data overrides, the caller's,
+        the init's own `overrides:`)."""
+        dep, child = load_dependency(self.spec, init, where, self.init_overrides)
         folder = cache_root() / f"{child.name}-{child.hash()}"
         final = folder / "final.pt"
         if final.exists():
-            self.log(f"  reusing {rel} from {folder}")
+            self.log(f"  reusing {dep.describe()} from {folder}")
             return torch.load(final, map_location="cpu", weights_only=False)["graph"]
-        self.log(f"  training {rel} first (cached in {folder})")
+        self.log(f"  training {dep.describe()} first (cached in {folder})")
         resume = (folder / "checkpoints" / "latest.json").exists()  # an interrupted earlier attempt
         folder.mkdir(parents=True, exist_ok=True)
         type(self)(

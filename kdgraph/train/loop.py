@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from .. import checkpoint as ckpt
+from ..augment import make_views
 from ..check import CheckedGraph, check_spec
 from ..console import Console, as_console
-from ..data import Dataset, Loader, load_dataset, make_loaders
+from ..data import Dataset, Loader, load_dataset, make_loaders, normalization_of
 from ..errors import DataError, RunError
 from ..plan import StagePlan
 from ..rng import set_rng_state
@@ -150,7 +151,10 @@ class Trainer(RunFiles, InitActions):
 
     def _loaders(self, train_cfg: dict[str, Any]) -> tuple[Loader, Loader, Loader]:
         acc = self.accelerator
-        return make_loaders(self.dataset, self.spec.data, train_cfg, self.device, acc.process_index, acc.num_processes)
+        views = make_views(self.spec.data.get("views"), self.dataset.image_size, self.dataset.mean)
+        return make_loaders(
+            self.dataset, self.spec.data, train_cfg, self.device, acc.process_index, acc.num_processes, views
+        )
 
     @torch.no_grad()
     def evaluate(self, loader: Loader) -> dict[str, dict[str, float]]:
@@ -283,7 +287,7 @@ class Trainer(RunFiles, InitActions):
 
     def _train_step(self, run: StageRun, batch: Any, pos: Position) -> None:
         # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
-        total, losses = run.step.forward(batch.image, batch.label, batch.index, batch.variant)
+        total, losses = run.step.forward(batch.image, batch.label, batch.index, batch.variant, batch.views)
         if run.skip_nan and not _finite(total, losses):  # on_nan: skip must decide now: a read-back per step
             run.step.skip()
             self.log(f"  skipped step {pos.step + 1}: non-finite loss")
@@ -428,7 +432,7 @@ class Trainer(RunFiles, InitActions):
                     "source": str(self.spec.source) if self.spec.source else None,
                     "deploy": self.spec.deploy,
                     "data_info": self.info.__dict__.copy(),
-                    "normalize": {"mean": list(self.dataset.mean), "std": list(self.dataset.std)},
+                    "normalize": dict(zip(("mean", "std"), map(list, normalization_of(self.dataset, self.spec.data)))),
                     "epoch": max(1, self.spec.stages[-1].epochs),  # scheduled op parameters end at it
                     "summary": summary,
                 },

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import SpecError
 from ..plan import StagePlan
+from ..routes import routed_optimizer
 from ..spec import merge
 
 if TYPE_CHECKING:
@@ -26,7 +27,11 @@ def group_lr(base: float, cfg: dict[str, Any], epoch: int, epochs: int) -> float
     else:
         lr = base
     warmup = int(cfg.get("warmup", 0) or 0)
-    return lr * min(1.0, epoch / warmup) if warmup else lr
+    if not warmup:
+        return lr
+    if int(cfg.get("warmup_origin", 1)) == 0:  # a LambdaLR counting epochs from 0 (ATS-LargeKD's WSKDLR)
+        return lr * (epoch - 1 + 1e-6) / warmup if epoch - 1 <= warmup else lr
+    return lr * min(1.0, epoch / warmup)
 
 
 def build_optimizer(graph: DistillGraph, stage: StagePlan, train_cfg: dict[str, Any], device: torch.device):
@@ -71,5 +76,7 @@ def build_optimizer(graph: DistillGraph, stage: StagePlan, train_cfg: dict[str, 
     if not groups:
         empty = torch.zeros(0, device=device, requires_grad=True)  # on the device: fused kernels check it
         groups = [{"params": [empty], "name": "_empty", "lr": 0.0, "base_lr": 0.0}]
+    if base_cfg.get("routes"):  # DOT's per-route momenta (kdgraph/routes.py)
+        return routed_optimizer(groups, base_cfg)
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
     return cls(groups, lr=float(base_cfg["lr"]), **flags)

@@ -20,6 +20,9 @@ from typing import Any
 
 import torch
 
+from ..errors import RunError
+from ..routes import uses_routes
+
 # Accelerate's backward / optimizer wrappers are only plain pass-throughs on these
 _DIRECT_TYPES = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_MLU", "MULTI_SDAA", "MULTI_MUSA", "MULTI_NPU")
 
@@ -41,16 +44,31 @@ class TrainStep:
         self.params = [p for group in self.inner.param_groups for p in group["params"]]
 
     def forward(
-        self, image: torch.Tensor, label: torch.Tensor, index: torch.Tensor | None, variant: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        index: torch.Tensor | None,
+        variant: torch.Tensor | None = None,
+        views: dict[str, torch.Tensor] | None = None,
     ):
-        """(weighted total loss, stacked detached edge losses) of one batch."""
+        """(weighted total loss, stacked detached edge losses) of one batch (`views`: its named views)."""
+        kwargs = {"views": views} if views else {}
         if self.autocast:
             with self.accelerator.autocast():
-                return self.model(image, label, index, variant)
-        return self.model(image, label, index, variant)
+                return self.model(image, label, index, variant, **kwargs)
+        return self.model(image, label, index, variant, **kwargs)
 
     def update(self, total: torch.Tensor) -> None:
         """Backward the total loss, clip, step the optimizer and drop the gradients."""
+        routes = getattr(getattr(self.model, "module", self.model), "route_totals", None)
+        if routes is not None and uses_routes(self.optimizer):  # DOT: one backward per gradient route
+            if not self.direct or self.grad_clip or self.accelerator.num_processes > 1:
+                raise RunError("gradient routes (optim: on edges) run on one process, without a gradient "
+                               "scaler (fp16), gradient accumulation or grad_clip")
+            self.inner.backward_routes(routes)
+            self.inner.step()
+            self.inner.zero_grad(set_to_none=True)
+            return
         if self.direct:
             total.backward()
             if self.grad_clip:
