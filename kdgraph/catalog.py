@@ -164,7 +164,7 @@ def _rolled_back_on_error(label: str, module_name: str, file: Path | None) -> It
     """Run an import; on any error, unregister what the plugin's module registered and raise PluginError."""
     try:
         yield
-    except Exception as e:
+    except (Exception, SystemExit, KeyboardInterrupt) as e:  # a plugin's exit() or Ctrl-C stub is its failure too
         for registry in REGISTRIES.values():
             for entry in registry.entries():
                 if entry.module == module_name or entry.module.startswith(module_name + "."):
@@ -176,7 +176,7 @@ def _rolled_back_on_error(label: str, module_name: str, file: Path | None) -> It
 
 def _describe(e: BaseException, file: Path | None) -> str:
     """``Type: message (file:line)`` without a traceback; plugin module names shown as their files."""
-    text = f"{type(e).__name__}: {e}"
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     for module_name, shown in _shown.items():
         text = text.replace(module_name, shown)
     if isinstance(e, SyntaxError) and e.lineno:

@@ -1,9 +1,10 @@
 """Atomic, verified checkpoints of a run: a crash at any moment leaves the last one intact.
 
 Each checkpoint is written to a temporary file, flushed, fsync'ed and renamed into place; then
-``latest.json`` (its name, size and SHA-256) is replaced the same way. A reader trusts only what
-``latest.json`` names and checks the hash before loading. The previous checkpoint is kept until the
-next one is complete.
+``latest.json`` (its name, size and SHA-256) is replaced the same way. A reader trusts what
+``latest.json`` names after checking the hash, else the newest file whose bytes match the hash in
+its name (see checkpoint_fallback). The previous checkpoint is kept until the next one is complete.
+Everything is read weights-only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint_fallback import checkpoint_name, load_newest_intact, read_pointer
 from .errors import CheckpointError, RunError
 
 
@@ -59,11 +61,9 @@ def save_checkpoint(folder: Path, state: dict[str, Any], step: int) -> Path:
     torch.save(state, buf)
     blob = buf.getvalue()
     previous = _pointed(folder)
-    path = folder / f"step-{step:09d}.pt"
-    n = 1
-    while path.exists():
-        path, n = folder / f"step-{step:09d}.{n}.pt", n + 1
-    atomic_write_bytes(path, blob)
+    path = folder / checkpoint_name(step, blob)  # same bytes, same name: never a different file under it
+    if not path.exists():
+        atomic_write_bytes(path, blob)
     meta = {"file": path.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "step": step}
     if previous:
         meta["previous"] = previous
@@ -80,10 +80,8 @@ def save_checkpoint(folder: Path, state: dict[str, Any], step: int) -> Path:
 
 def _pointed(folder: Path) -> str | None:
     """The file latest.json names now, if it is readable."""
-    try:
-        return json.loads((folder / "latest.json").read_text())["file"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    meta = read_pointer(folder)
+    return meta["file"] if meta else None
 
 
 def has_checkpoint(folder: Path) -> bool:
@@ -91,21 +89,14 @@ def has_checkpoint(folder: Path) -> bool:
     return (folder / "latest.json").exists() or any(folder.glob("step-*.pt"))
 
 
-def load_latest(folder: Path) -> dict[str, Any]:
-    """The checkpoint latest.json names, verified against its hash."""
-    pointer = folder / "latest.json"
-    if not pointer.exists():
+def load_latest(folder: Path, log: Any = None) -> dict[str, Any]:
+    """The checkpoint latest.json names, verified against its hash; else the newest intact one (said to `log`)."""
+    if not has_checkpoint(folder):
         raise CheckpointError(f"no checkpoint in {folder} (latest.json is missing); start a new run instead")
-    try:
-        meta = json.loads(pointer.read_text())
-        blob = (folder / meta["file"]).read_bytes()
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot read the checkpoint named by {pointer}: {e}") from None
-    if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
-        raise CheckpointError(
-            f"checkpoint {folder / meta['file']} is corrupt (hash mismatch); restore it or start a new run"
-        )
-    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+    state, note = load_newest_intact(folder)
+    if note and log:
+        log(note)
+    return state
 
 
 def save_file(path: Path, state: dict[str, Any]) -> None:

@@ -7,13 +7,14 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from .args import split_args
-from .errors import KDGraphError, RunError, SpecError
+from .errors import KDGraphError, SpecError
+from .last_resort import positive_int, unexpected_error_line
 
 
 def _with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:
@@ -226,19 +227,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "continues exactly (a larger train.epochs would re-lay the lr schedule over epochs already trained "
                 "and match neither run); to train longer, start a new run with the new train.epochs"
             )
-        import json
+        from .run_guard import check_spec_unchanged, read_run_info
+        from .spec import dump_resolved
 
         run_dir = Path(args.resume)
-        info_path = run_dir / "run.json"
-        if not info_path.exists():
-            raise RunError(f"{run_dir} is not a run directory (no run.json); start it with kdgraph run GRAPH --out DIR")
-        try:
-            info = json.loads(info_path.read_text())
-            source, saved = info["source"], info["overrides"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise RunError(f"{info_path} is unreadable ({e}); start a new run instead") from None
+        source, saved = read_run_info(run_dir)
         checked = check_graph(source, saved)  # built once and dry-run once, as a fresh run
         spec = checked.spec
+        check_spec_unchanged(run_dir, dump_resolved(spec), spec.hash())
         trainer = Trainer(checked, run_dir, log=Console(quiet=args.quiet), resume=True, stop_after=args.stop_after)
         created = False
     else:
@@ -269,16 +265,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _discard_unstarted(run_dir: Path) -> None:
     """A run that failed before its first checkpoint leaves no folder behind (there is nothing to resume)."""
     from .checkpoint import has_checkpoint
-    from .train import RUN_FILES
+    from .run_guard import remove_run_files
 
     if has_checkpoint(run_dir / "checkpoints"):
         return
-    for name in RUN_FILES:
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-        elif target.exists():
-            target.unlink()
+    remove_run_files(run_dir)
     try:
         run_dir.rmdir()
     except OSError:  # something else is in it: leave it
@@ -336,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"kdgraph {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = _command(sub, "run", "train a graph file (or resume a run)", epilog=OVERRIDES_HELP)
@@ -349,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "RNG); takes no graph file, overrides or preset: they are read from RUN_DIR/run.json",
     )
     run.add_argument(
-        "--stop-after", type=int, metavar="STEPS",
+        "--stop-after", type=positive_int, metavar="STEPS",
         help="pause after STEPS optimizer steps in total (all stages), writing a checkpoint; exit 0; "
         "continue with --resume",
     )
@@ -454,6 +446,9 @@ def _extra_commands() -> list[Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("KDGRAPH_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may follow options (`run g.yaml --out d train.epochs=2`): argparse leaves them over
@@ -479,11 +474,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the last resort: a bug or a broken plugin, one line unless --debug
+        if debug:
+            raise
+        print(unexpected_error_line(e), file=sys.stderr)
+        return 1
 
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so flushing it at exit raises no second BrokenPipeError."""
-    import os
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())

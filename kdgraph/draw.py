@@ -136,16 +136,18 @@ def is_run_dir(path: Path) -> bool:
 
 def load_run(run_dir: Path) -> tuple[GraphSpec, RunResults]:
     """The spec a run trained (its resolved spec.yaml, paths relative to its source) and its results."""
-    import yaml
+    from . import yaml12
 
     try:
         info = json.loads((run_dir / "run.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DrawError(f"{run_dir}/run.json: unreadable ({e})") from None
+    if not isinstance(info, dict):
+        raise DrawError(f"{run_dir}/run.json: not what kdgraph writes (a mapping)")
     source = info.get("source")
     if (run_dir / "spec.yaml").is_file():
-        # the resolved spec is what ran, even if the graph file changed since
-        doc = yaml.safe_load((run_dir / "spec.yaml").read_text())
+        # the resolved spec is what ran, even if the graph file changed since (read with the bounded reader)
+        doc, _, _ = yaml12.parse(yaml12.read_graph_text(run_dir / "spec.yaml"), str(run_dir / "spec.yaml"))
         spec = load_for_drawing(source or run_dir / "spec.yaml", [], document=doc)
     elif source:
         spec = load_for_drawing(source, list(info.get("overrides") or []))

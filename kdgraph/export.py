@@ -45,6 +45,7 @@ from .errors import CheckpointError, RunError, SpecError
 from .graph import DistillGraph
 from .plan import build_program
 from .registry import PortInfo
+from .safe_load import load_weights
 from .spec import GraphSpec, Locator, load_spec
 from .spec.dataflow import dataflow_graph, needed, node_of, node_refs, topo_order
 
@@ -296,14 +297,14 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu", ra
     ``forward`` takes images normalised as in training (``model.normalize``: mean, std); with ``raw=True``
     it takes them as the dataset gives them, uint8 0..255 or floats in [0, 1] (``preprocess.RawImages``).
     """
-    try:
-        record = torch.load(Path(path), map_location=map_location, weights_only=False)
-    except Exception as e:  # missing, truncated, or not a torch file at all: one clear line
-        raise CheckpointError(f"cannot read exported model {str(path)!r}: {type(e).__name__}: {e}") from None
+    if not Path(path).is_file():
+        raise CheckpointError(f"cannot read exported model {str(path)!r}: no such file")
+    record = load_weights(Path(path), f"exported model {str(path)!r}")  # data, never code
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a kdgraph export (format {FORMAT})")
     model = build_deployed(record)
     model.load_state_dict(record["state_dict"])
+    model = model.to(map_location) if str(map_location) != "cpu" else model
     if raw:
         from .preprocess import RawImages
 
@@ -319,7 +320,10 @@ def _read_final(run_dir: Path) -> dict[str, Any]:
     if not final.exists():
         what = "an unfinished run (resume it first)" if (run_dir / "run.json").exists() else "not a run directory"
         raise RunError(f"{run_dir} has no final.pt: {what}")
-    return torch.load(final, map_location="cpu", weights_only=False)
+    record = load_weights(final, str(final))
+    if not isinstance(record, dict) or not isinstance(record.get("graph"), dict):
+        raise RunError(f"{final} is not a kdgraph final.pt")
+    return record
 
 
 def export_run(

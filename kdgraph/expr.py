@@ -6,6 +6,7 @@ Parsed with ``ast`` and walked by hand: no ``eval``, no attribute access, no oth
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
 from typing import Any
@@ -35,13 +36,45 @@ class ExprError(ValueError):
         self.unknown_var = unknown_var  # the name, when the expression uses a var that is not defined (yet)
 
 
+MAX_CHARS = 500  # an expression is a formula a person writes
+MAX_TEXT = 10_000  # characters of a string after substitution
+MAX_BITS = 1024  # integers beyond 2**1024 are no setting (and 10**10**10 would take hours)
+
+
 def evaluate(expr: str, env: dict[str, Any]) -> float | int:
-    """Value of one arithmetic expression over the names in ``env``."""
+    """Value of one arithmetic expression over the names in ``env`` (bounded: size, depth, result)."""
+    if len(expr) > MAX_CHARS:
+        raise ExprError(f"expression longer than {MAX_CHARS} characters", "split it into vars")
     try:
         tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # ValueError: a NUL byte
         raise ExprError(f"cannot parse expression '${{{expr}}}'", "use numbers, vars and + - * / ** ( )") from None
-    return _walk(tree.body, env, expr)
+    except (RecursionError, MemoryError):
+        raise ExprError("expression nested too deeply", "split it into vars") from None
+    try:
+        result = _walk(tree.body, env, expr)
+    except RecursionError:
+        raise ExprError("expression nested too deeply", "split it into vars") from None
+    return result
+
+
+def _bounded(value: Any, expr: str) -> Any:
+    """A real, finite number of bounded size, or ExprError."""
+    if isinstance(value, complex):
+        raise ExprError(f"'${{{expr}}}' is not a real number (a fractional power of a negative number?)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ExprError(f"'${{{expr}}}' is not a finite number")
+    if isinstance(value, int) and value.bit_length() > MAX_BITS:
+        raise ExprError(f"number too large in '${{{expr}}}'", f"integers are below 2**{MAX_BITS}")
+    return value
+
+
+def _power(left: Any, right: Any, expr: str) -> Any:
+    """left ** right, refused before computing when the result would be beyond MAX_BITS."""
+    if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+        if right * math.log2(abs(left)) > MAX_BITS:
+            raise ExprError(f"number too large in '${{{expr}}}'", f"integers are below 2**{MAX_BITS}")
+    return left**right
 
 
 def _walk(node: ast.AST, env: dict[str, Any], expr: str) -> Any:
@@ -57,7 +90,9 @@ def _walk(node: ast.AST, env: dict[str, Any], expr: str) -> Any:
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left, right = _walk(node.left, env, expr), _walk(node.right, env, expr)
         try:
-            return _BINOPS[type(node.op)](left, right)
+            if isinstance(node.op, ast.Pow):
+                return _bounded(_power(left, right, expr), expr)
+            return _bounded(_BINOPS[type(node.op)](left, right), expr)
         except ZeroDivisionError:
             raise ExprError(f"division by zero in '${{{expr}}}'") from None
         except OverflowError:
@@ -71,7 +106,13 @@ def _walk(node: ast.AST, env: dict[str, Any], expr: str) -> Any:
         and node.args
         and not node.keywords
     ):
-        return _FUNCS[node.func.id](*(_walk(a, env, expr) for a in node.args))
+        name, count = node.func.id, len(node.args)
+        if (name == "abs" and count != 1) or (name != "abs" and count < 2):
+            wanted = "one number" if name == "abs" else "two or more numbers"
+            raise ExprError(f"{name}() takes {wanted}, not {count}, in '${{{expr}}}'")
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            raise ExprError(f"'${{{expr}}}' is not plain arithmetic", "no * unpacking in min, max, abs")
+        return _FUNCS[name](*(_walk(a, env, expr) for a in node.args))
     raise ExprError(f"'${{{expr}}}' is not plain arithmetic", "only numbers, vars, + - * / // % ** ( ), min, max, abs")
 
 
@@ -85,8 +126,11 @@ def substitute(value: str, env: dict[str, Any]) -> Any:
         return float(result) if isinstance(result, float) else result
     if "${" in value and not PATTERN.search(value):
         raise ExprError(f"unclosed '${{' in {value!r}", "close it with '}'")
-    return PATTERN.sub(lambda m: _format(_bare(m.group(1), env) if _is_bare(m.group(1), env) else
+    text = PATTERN.sub(lambda m: _format(_bare(m.group(1), env) if _is_bare(m.group(1), env) else
                                          evaluate(m.group(1), env)), value)
+    if len(text) > MAX_TEXT:  # string vars that repeat each other grow exponentially
+        raise ExprError(f"{value[:40]!r} expands to {len(text):,} characters", f"at most {MAX_TEXT:,}")
+    return text
 
 
 def _is_bare(text: str, env: dict[str, Any]) -> bool:

@@ -286,7 +286,7 @@ class DistillGraph(nn.Module):
                 observe(step.kind, step.name, True)
             try:
                 out = run(values)
-            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            except Exception as e:  # a plugin may raise anything: it is named, never a traceback
                 raise self._step_error(step, values, e) from None
             if observe is not None:
                 observe(step.kind, step.name, False)
@@ -355,7 +355,7 @@ class DistillGraph(nn.Module):
         for run, _weight, step in ops:
             try:
                 run(values)
-            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            except Exception as e:  # a plugin may raise anything: it is named, never a traceback
                 raise self._step_error(step, values, e) from None
 
     # ------------------------------------------------------------------ the program as closures
@@ -476,6 +476,8 @@ class DistillGraph(nn.Module):
                 loss = fn(pred, target, **kwargs)
             else:
                 loss = fn(pred, target, **static)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:  # a plugin's loss must reduce
+                loss = _scalar_loss(loss, edge)
             for key in free:
                 values.pop(key, None)
             return loss
@@ -522,6 +524,19 @@ def _top_up(rows: torch.Tensor, n: int, least: int) -> torch.Tensor:
     taken[rows] = True
     others = (~taken).nonzero().flatten()[: least - len(rows)]
     return torch.cat([rows, others])
+
+
+def _scalar_loss(loss: Any, edge: EdgeSpec) -> torch.Tensor:
+    """A one-element tensor as a scalar; anything else is the edge's error."""
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return loss.reshape(())
+    what = f"shape {_shape(loss)}" if isinstance(loss, torch.Tensor) else f"a {type(loss).__name__}"
+    raise NodeError(
+        f"edge {edge.name!r} (loss {edge.loss}, edges[{edge.index}])",
+        f"the loss returned {what}, not a scalar",
+        "a loss reduces over the batch, e.g. with .mean()",
+        edge=edge.name,
+    )
 
 
 def _autocast_on(device_type: str) -> bool:

@@ -119,7 +119,7 @@ def run_label(run_dir: Path) -> str:
     """'<graph name>/<run folder>' from run.json, or the folder's path."""
     try:
         name = json.loads((run_dir / "run.json").read_text()).get("name")
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):  # AttributeError: not a mapping
         name = None
     return f"{name}/{run_dir.name}" if name and name != run_dir.name else str(run_dir)
 

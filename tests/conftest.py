@@ -50,5 +50,5 @@ def same(a: dict, b: dict) -> bool:
 
 def load(path: Path) -> dict:
     """The graph weights of a checkpoint, final.pt or stage file."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     return state["graph"] if "graph" in state else state

@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,21 @@ CORPUS = Path(__file__).resolve().parent / "bad_graphs"
 CASES = sorted(p.stem for p in CORPUS.glob("*.yaml"))
 
 
+class Payload:
+    """Unpickling this touches fixtures/PWNED: what a crafted checkpoint or data file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (eval, (f"__import__('pathlib').Path({self.marker!r}).touch()",))
+
+
 def make_fixtures(folder: Path) -> None:
-    """What some cases read: a checkpoint of another network, an empty dataset root."""
+    """What some cases read: a checkpoint of another network, an empty dataset root, hostile files."""
+    import pickle
+
+    import numpy as np
     import torch
 
     from kdgraph.nets.small import MLP
@@ -37,6 +52,14 @@ def make_fixtures(folder: Path) -> None:
         {"model": MLP(num_classes=4, in_channels=1, image_size=8, hidden=[4]).state_dict()},
         folder / "fixtures" / "wrong_keys.pt",
     )
+    marker = folder / "fixtures" / "PWNED"
+    (folder / "fixtures" / "secret.env").write_text("API_KEY: hunter2\nPASSWORD: swordfish\n")
+    torch.save({"model": {"w": torch.zeros(1)}, "extra": Payload(marker)}, folder / "fixtures" / "payload.pt")
+    cifar = folder / "fixtures" / "payload_cifar" / "cifar-100-python"
+    cifar.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        batch = {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 1], b"x": Payload(marker)}
+        (cifar / split).write_bytes(pickle.dumps(batch, protocol=2))
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +100,16 @@ def test_corpus_is_large_and_complete() -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_graph(case: str, corpus: Path, tmp_path: Path) -> None:
+    cpu, memory = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     code, err = run_case(corpus, case, tmp_path / "run")
     expected = (CORPUS / f"{case}.expected").read_text()
     assert err == expected
     assert code == 2
     assert "Traceback" not in err
+    assert not (corpus / "fixtures" / "PWNED").exists()  # no file's contents ran as code
+    # each case is cheap: under 10 s of CPU, and the process's peak memory grew by under 1 GiB
+    assert time.process_time() - cpu < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - memory < 1 << 20  # KiB
     # every line is located: file:line: or file: (a problem without a line, e.g. an override's)
     for line in err.splitlines():
         assert line.startswith(("<dir>/", "<command line>:", "  ")), line
@@ -95,6 +123,7 @@ def test_bad_run_leaves_no_run_directory(corpus: Path, tmp_path: Path) -> None:
 
 
 SUBPROCESS_CASES = ["22_three_at_once", "23_shape_mismatch", "41_missing_dataset_offline"]
+SUBPROCESS_CASES += ["58_yaml_alias_bomb", "69_expr_huge_power"]  # hostile input: bounded in a real process
 
 
 @pytest.mark.slow

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,14 +70,40 @@ def test_dotted_key_and_whole_file(tmp_path, trained) -> None:
     assert same_weights(a, trained) and same_weights(b, trained)
 
 
-def test_not_weights_only_file_still_loads(tmp_path, trained) -> None:
+class _Payload:
+    """Unpickling this touches a marker file: what a crafted checkpoint would do with os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_not_weights_only_file_is_refused_with_the_conversion(tmp_path, trained) -> None:
     torch.save({"model": trained.state_dict(), "opt": argparse.Namespace(lr=0.05)}, tmp_path / "old.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(build("resnet8"), tmp_path / "old.pth")
+    msg = str(err.value)
+    assert "refused: it holds a Python object (argparse.Namespace)" in msg and "\n" not in msg
+    assert f"python -m kdgraph.safe_load {tmp_path / 'old.pth'} {tmp_path / 'old.weights.pt'}" in msg
+    # the user vouches for the file and converts it once: the weights survive, the Namespace does not
+    from kdgraph.safe_load import main as convert_main
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert convert_main([str(tmp_path / "old.pth"), str(tmp_path / "old.weights.pt")]) == 0
+    assert "dropped opt (argparse.Namespace)" in out.getvalue()
     fresh = build("resnet8")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        load_checkpoint(fresh, tmp_path / "old.pth")
+    load_checkpoint(fresh, tmp_path / "old.weights.pt")
     assert same_weights(fresh, trained)
-    assert any("full unpickling" in str(w.message) for w in caught)
+
+
+def test_pickle_payload_in_a_checkpoint_never_runs(tmp_path) -> None:
+    marker = tmp_path / "PWNED"
+    torch.save({"model": {"w": torch.zeros(1)}, "x": _Payload(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="refused: it holds a Python object"):
+        load_checkpoint(build("resnet8"), tmp_path / "evil.pth")
+    assert not marker.exists()
 
 
 def test_wrong_architecture_lists_keys(tmp_path) -> None:

@@ -138,8 +138,8 @@ def test_memory_bank_resumes_bitwise_after_an_interruption(tmp_path: Path) -> No
     with pytest.raises(Interrupted):  # stopped mid-epoch (6 steps an epoch), after a checkpoint at step 4
         Trainer(spec, tmp_path / "resumed", log=lambda *_: None, stop_after=9).run()
     Trainer(spec, tmp_path / "resumed", log=lambda *_: None, resume=True).run()
-    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=False)["graph"]
-    b = torch.load(tmp_path / "resumed" / "final.pt", weights_only=False)["graph"]
+    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)["graph"]
+    b = torch.load(tmp_path / "resumed" / "final.pt", weights_only=True)["graph"]
     assert same(a, b)
     assert a["nodes.contrast.Z"].min() > 0  # set on the first batch, and carried across the resume
     assert (a["nodes.contrast.labels"] >= 0).all()  # every row was seen and updated
@@ -211,8 +211,8 @@ def test_two_processes_update_the_bank_with_every_process_rows(tmp_path: Path) -
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     Trainer(load_spec(graph), tmp_path / "one", log=lambda *_: None).run()
-    a = torch.load(tmp_path / "two" / "final.pt", weights_only=False)["graph"]
-    b = torch.load(tmp_path / "one" / "final.pt", weights_only=False)["graph"]
+    a = torch.load(tmp_path / "two" / "final.pt", weights_only=True)["graph"]
+    b = torch.load(tmp_path / "one" / "final.pt", weights_only=True)["graph"]
     assert (b["nodes.contrast.labels"] >= 0).all()  # one epoch saw every row
     for key in ("nodes.contrast.memory_s", "nodes.contrast.memory_t", "nodes.contrast.labels"):
         assert torch.allclose(a[key].double(), b[key].double(), atol=1e-5), key

@@ -119,13 +119,13 @@ def test_export_reloads_to_the_same_outputs_without_the_teacher(simkd_run: Path,
     assert set(model.graph.nodes) == {"student", "proj", "pool", "head"}
     assert isinstance(model.graph.nodes["head"], StandaloneCall)
     assert isinstance(model.graph.nodes["student"].fc, Pruned)
-    record = torch.load(tmp_path / "model.pt", weights_only=False)
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
     assert not any(".teacher." in k for k in record["state_dict"])  # no teacher weights shipped
     assert record["pruned"] == {"student": ["fc"]}
     assert not any(k.startswith("graph.nodes.student.fc.") for k in record["state_dict"])
     assert "teacher" not in record["spec"]["nodes"] or record["outside"] == {"head": "teacher"}
     assert record["registry"]["head"] == "op call" and record["registry"]["student"] == "net resnet8"
-    final = torch.load(simkd_run / "final.pt", weights_only=False)
+    final = torch.load(simkd_run / "final.pt", weights_only=True)
     spec = load_spec(document=final["spec"])
     graph = DistillGraph(spec, DataInfo(**final["data_info"]))
     graph.load_state_dict(final["graph"])

@@ -126,7 +126,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
         return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in rows]
 
     assert records(run) == records(reference)
-    final, ref_final = (torch.load(d / "final.pt", weights_only=False) for d in (run, reference))
+    final, ref_final = (torch.load(d / "final.pt", weights_only=True) for d in (run, reference))
     assert same(final["graph"], ref_final["graph"])
     last, ref_last = load_latest(run / "checkpoints"), load_latest(reference / "checkpoints")
     for key in ("graph", "optimizer", "rng", "position", "accumulators", "best", "last_eval"):

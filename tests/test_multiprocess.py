@@ -108,8 +108,8 @@ def test_two_processes_train_like_one_with_the_global_batch(tmp_path: Path) -> N
     single.run()
     assert json.loads((one / "run.json").read_text())["distributed_type"] == "NO"
 
-    a = torch.load(two / "final.pt", weights_only=False)["graph"]
-    b = torch.load(one / "final.pt", weights_only=False)["graph"]
+    a = torch.load(two / "final.pt", weights_only=True)["graph"]
+    b = torch.load(one / "final.pt", weights_only=True)["graph"]
     assert a.keys() == b.keys()
     moved = 0
     for key in a:

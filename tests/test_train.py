@@ -49,7 +49,7 @@ def test_tiny_run_trains_what_it_should(tmp_path: Path) -> None:
     trainer._prepare()  # build once to read the initial weights the run will start from
     before = {k: v.clone() for k, v in trainer.graph.state_dict().items()}
     summary = Trainer(spec, tmp_path / "run", log=lambda *_: None).run()
-    after = torch.load(tmp_path / "run" / "final.pt", weights_only=False)["graph"]
+    after = torch.load(tmp_path / "run" / "final.pt", weights_only=True)["graph"]
     for key, value in before.items():
         if key.startswith("nodes.teacher."):
             assert torch.equal(value, after[key]), key  # frozen: bitwise unchanged
@@ -70,8 +70,8 @@ def test_resume_is_bitwise_equal(tmp_path: Path) -> None:
     with pytest.raises(Interrupted):
         Trainer(spec, tmp_path / "resumed", log=lambda *_: None, stop_after=11).run()
     Trainer(spec, tmp_path / "resumed", log=lambda *_: None, resume=True).run()
-    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=False)["graph"]
-    b = torch.load(tmp_path / "resumed" / "final.pt", weights_only=False)["graph"]
+    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)["graph"]
+    b = torch.load(tmp_path / "resumed" / "final.pt", weights_only=True)["graph"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     def strip(rs: list[dict]) -> list[dict]:
@@ -105,8 +105,8 @@ def test_init_from_checkpoint_and_from_graph(tmp_path: Path) -> None:
     Trainer(spec, tmp_path / "run", log=lambda *_: None).run()
     cached = list((tmp_path / "cache").glob("tiny_teacher-*/final.pt"))
     assert len(cached) == 1
-    trained = torch.load(cached[0], weights_only=False)["graph"]
-    final = torch.load(tmp_path / "run" / "final.pt", weights_only=False)["graph"]
+    trained = torch.load(cached[0], weights_only=True)["graph"]
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)["graph"]
     assert torch.equal(trained["nodes.teacher.fc.weight"], final["nodes.teacher.fc.weight"])
     # a RepDistiller-style checkpoint file: weights under 'model'
     torch.save(
@@ -115,7 +115,7 @@ def test_init_from_checkpoint_and_from_graph(tmp_path: Path) -> None:
     )
     spec = tiny_spec(tmp_path, ["+nodes.teacher.init={checkpoint: ckpt_epoch_240.pth, key: model}", "train.epochs=1"])
     Trainer(spec, tmp_path / "run2", log=lambda *_: None).run()
-    final2 = torch.load(tmp_path / "run2" / "final.pt", weights_only=False)["graph"]
+    final2 = torch.load(tmp_path / "run2" / "final.pt", weights_only=True)["graph"]
     assert torch.equal(trained["nodes.teacher.fc.weight"], final2["nodes.teacher.fc.weight"])
 
 

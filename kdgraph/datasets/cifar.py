@@ -11,6 +11,7 @@ import torch
 
 from ..errors import DataError, first_line
 from ..registry import register_dataset
+from ..safe_pickle import UnsafePickleError, load_data_pickle
 from .base import DataInfo, Dataset, DatasetSource, Split, data_root
 
 CIFAR_MEAN = {"cifar100": (0.5071, 0.4867, 0.4408), "cifar10": (0.4914, 0.4822, 0.4465)}
@@ -46,11 +47,12 @@ def _cifar(name: str, root: Path, download: bool) -> Dataset:
         images, labels = [], []
         for f in files:
             try:
-                with open(where / f, "rb") as fh:
-                    entry = pickle.load(fh, encoding="bytes")
+                entry = load_data_pickle(where / f)  # data, never code: numpy arrays and lists only
                 images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.extend(entry[label_key])
-            except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
+            except UnsafePickleError as e:
+                raise DataError(f"{where / f} is refused: {e}; replace it with the original {name} file") from None
+            except (OSError, KeyError, ValueError, TypeError, IndexError, pickle.UnpicklingError, EOFError) as e:
                 raise DataError(
                     f"{where / f} is not a readable {name} file ({first_line(e)}); delete it to download again"
                 ) from None

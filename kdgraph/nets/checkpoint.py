@@ -9,8 +9,6 @@ A ``module.`` (DDP / DataParallel) or ``_orig_mod.`` (torch.compile) prefix on e
 
 from __future__ import annotations
 
-import pickle
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,30 +18,20 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, did_you_mean
+from ..safe_load import load_weights
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _SHOW = 5  # names listed per kind of mismatch
 
 
 def read_checkpoint(path: str | Path) -> Any:
-    """torch.load on CPU, weights-only when the file allows it; CheckpointError naming the path otherwise."""
+    """torch.load on CPU, weights-only always (a file is data); CheckpointError naming the path otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: {'a directory, not a file' if path.is_dir() else 'no such file'}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "unsupported global" not in str(e).lower():  # garbage, not merely a non-tensor object
-            raise _unreadable(path, _unpickling_reason(e)) from None
-    except Exception as e:  # truncated zip, not a torch file, permissions: one line, no traceback
-        raise _unreadable(path, _first_line(e)) from None
-    # The file holds more than tensors and containers (numpy scalars, argparse options, ...): older
-    # RepDistiller-style checkpoints do. Users own their checkpoints, so fall back to full unpickling.
-    warnings.warn(f"checkpoint {path} is not weights-only; loading it with full unpickling", stacklevel=3)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise _unreadable(path, _first_line(e)) from None
+        kind = "no such file" if not path.exists() else "not a regular file"
+        kind = "a directory, not a file" if path.is_dir() else kind
+        raise CheckpointError(f"checkpoint {path}: {kind}")
+    return load_weights(path, f"checkpoint {path}")
 
 
 def select_key(obj: Any, key: str | None, path: str | Path) -> Any:
@@ -146,19 +134,6 @@ def load_checkpoint(module: nn.Module, path: str | Path, key: str | None = "mode
         module.load_state_dict(state, strict=strict)
     except Exception as e:  # anything the pre-check did not foresee, still without a traceback
         raise CheckpointError(f"{where}: {_first_line(e)}") from None
-
-
-def _unreadable(path: Path, reason: str) -> CheckpointError:
-    return CheckpointError(f"checkpoint {path}: unreadable, corrupt or not a torch.save file ({reason})")
-
-
-def _unpickling_reason(e: BaseException) -> str:
-    """The useful line of torch's long weights-only message (e.g. 'Unsupported operand 32')."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    for i, line in enumerate(lines):
-        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
-            return f"{type(e).__name__}: {lines[i + 1]}"
-    return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:

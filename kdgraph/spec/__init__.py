@@ -26,6 +26,7 @@ from .compose import resolve_extends
 from .dataflow import cycle_problems
 from .defaults import DATA_DEFAULTS, TRAIN_DEFAULTS
 from .document import Locator, Path_, apply_overrides, dump_resolved, format_path, merge, parse_override_key, read_yaml
+from .init_deps import from_cycle_problems
 from .model import (
     DATA_PORTS,
     EDGE_KEYS,
@@ -39,6 +40,7 @@ from .model import (
     default_edge_name,
     normalise,
 )
+from .ranges import order_problems
 from .schema import SCHEMA_PATH, prune_unknown_keys, schema, schema_problems
 from .vars import resolve_vars
 
@@ -118,7 +120,7 @@ def load_spec(
     doc, var_problems = resolve_vars(doc, locator)
     problems += var_problems
     if not var_problems:  # values that came from ${...} have their types checked now
-        typed = schema_problems(doc, locator)
+        typed = schema_problems(doc, locator) + order_problems(doc, locator)
         if typed:
             raise SpecError(sort_problems(problems + typed))
     try:
@@ -126,6 +128,7 @@ def load_spec(
         problems += view_problems(spec.data, spec.problem)
         if check_registry:
             problems += registry_problems(spec)
+            problems += from_cycle_problems(spec, lambda p: load_document(p, [], Locator(default_file=str(p))))
         cycles = cycle_problems(spec)
         problems += cycles
     except (TypeError, ValueError, KeyError, AttributeError):

@@ -100,6 +100,9 @@ def registry_problems(spec: GraphSpec) -> list[Problem]:
         problems += _port_ref_problems(spec.deploy, ("deploy",), known_nodes, spec)
     for i, port in enumerate(spec.train["eval"]):
         problems += _port_ref_problems(port, ("train", "eval", i), known_nodes, spec)
+        if isinstance(port, str) and port.startswith("data."):  # labels or images are no class scores
+            hint = "evaluate a node's logits"
+            problems.append(spec.problem(("train", "eval", i), f"{port} is not a prediction", hint))
     return problems
 
 
@@ -174,8 +177,13 @@ def _init_problems(init: dict, path: Path_, spec: GraphSpec, stage_index: int | 
             ]
     if kind == "from":
         target = spec.base_dir / init["from"]
-        if not target.exists():
-            return [spec.problem((*path, "from"), f"graph file {str(target)!r} does not exist", kind="missing_file")]
+        if not target.is_file():
+            if not target.exists():
+                message, kind = f"graph file {str(target)!r} does not exist", "missing_file"
+            else:
+                what = "is a directory, not a graph file" if target.is_dir() else "is not a regular file"
+                message, kind = f"graph file {str(target)!r} {what}", "not_a_file"
+            return [spec.problem((*path, "from"), message, kind=kind)]
     if kind in ("stage", "snapshot"):
         names = [s.name for s in spec.stages]
         if init[kind] not in names:

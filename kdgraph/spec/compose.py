@@ -88,12 +88,18 @@ def _resolve(
             )
             continue
         if not parent.is_file():
-            problems.append(where.problem(ext_path, f"parent graph {str(parent)!r} does not exist"))
+            what = "is a directory" if parent.is_dir() else ("is not a regular file" if parent.exists() else "")
+            problems.append(where.problem(ext_path, f"parent graph {str(parent)!r} {what or 'does not exist'}"))
             continue
         parent_where = Locator(default_file=str(parent))
-        parent_doc = read_yaml(parent, parent_where, problems)
-        if not isinstance(parent_doc, dict):
-            problems.append(where.problem(ext_path, f"parent graph {str(parent)!r} is not a mapping"))
+        found: list[Problem] = []
+        parent_doc = read_yaml(parent, parent_where, found)
+        is_graph = isinstance(parent_doc, dict) and ("kdgraph" in parent_doc or "extends" in parent_doc)
+        problems += found if is_graph else []
+        if not is_graph:
+            # not a graph: say so without echoing a single key or value of someone else's file
+            hint = "a parent is a graph file with kdgraph: 1 (or its own extends:)"
+            problems.append(where.problem(ext_path, f"{str(parent)!r} is not a kdgraph graph file", hint))
             continue
         layers.append(_resolve(parent_doc, parent, parent_where, problems, (*chain, (real, str(parent)))))
     base, pending = _combine(layers, path.parent)

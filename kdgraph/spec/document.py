@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .. import yaml12
 from ..errors import Problem, SpecError, did_you_mean
 from ..presets import apply_named_preset
 from .defaults import DATA_DEFAULTS, TRAIN_DEFAULTS
@@ -50,54 +51,11 @@ class Locator:
 
 
 def read_yaml(path: Path, locator: Locator, problems: list[Problem]) -> Any:
-    """Parse one YAML file, recording each path's line; duplicate keys are problems."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(Problem("", f"graph file {str(path)!r} does not exist", file=str(path))) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(Problem("", f"cannot read graph file: {e}", file=str(path))) from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        what = getattr(e, "problem", None) or str(e).split("\n")[0]
-        raise SpecError(
-            Problem("", f"malformed YAML: {what}", mark.line + 1 if mark else None, str(path), "fix the YAML syntax")
-        ) from None
-    finally:
-        loader.dispose()
-    if node is not None:
-        _record_lines(node, (), str(path), locator, problems)
+    """Parse one YAML file (see yaml12: 1.2 numbers, merge keys, bounded), recording each path's line."""
+    data, lines, found = yaml12.parse(yaml12.read_graph_text(path), str(path))
+    locator.origins.update({p: (str(path), line) for p, line in lines.items()})
+    problems += found
     return data
-
-
-def _record_lines(node: yaml.Node, path: Path_, file: str, locator: Locator, problems: list[Problem]) -> None:
-    locator.origins[path] = (file, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                problems.append(
-                    Problem(
-                        format_path((*path, key)),
-                        "duplicate key",
-                        key_node.start_mark.line + 1,
-                        file,
-                        "each key may appear once per mapping",
-                        "yaml",
-                        (*path, key),
-                    )
-                )
-            seen.add(key)
-            locator.origins[(*path, key)] = (file, key_node.start_mark.line + 1)
-            _record_lines(value_node, (*path, key), file, locator, problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _record_lines(item, (*path, i), file, locator, problems)
 
 
 def parse_override_key(key: str) -> Path_:
@@ -144,8 +102,8 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             problems.append(Problem("", f"{where} names no key", file="<command line>", kind="override"))
             continue
         try:
-            value = yaml.safe_load(raw) if raw is not None else None
-        except yaml.YAMLError:
+            value = yaml12.parse_value(raw) if raw is not None else None
+        except (yaml.YAMLError, SpecError):
             problems.append(
                 Problem(
                     format_path(path),

@@ -27,7 +27,19 @@ def _schema_errors(doc: Any) -> list[Any]:
     return sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])
 
 
+_RANGES = {"minimum": "at least", "exclusiveMinimum": "greater than", "maximum": "at most", "exclusiveMaximum": "below"}
+
+
+def _range_leaves(err: Any) -> list[Any]:
+    """The range errors inside an anyOf (a number out of range also fails the "${...}" branch)."""
+    if err.validator in _RANGES:
+        return [err]
+    return [leaf for c in (err.context or []) for leaf in _range_leaves(c)]
+
+
 def _leaves(err: Any) -> list[Any]:
+    if err.validator == "anyOf" and _range_leaves(err):
+        return _range_leaves(err)[:1]
     # {value: 1, warmpu: 5} as a weight fails "number", "string" and "schedule": only the last is news
     if err.validator == "anyOf" and isinstance(err.instance, (dict, list)):
         inner = [c for c in err.context if c.validator != "type"]
@@ -77,6 +89,11 @@ def _schema_problem(err: Any, path: Path_, locator: Locator) -> list[Problem]:
         allowed = ", ".join(repr(v) for v in err.validator_value)
         hint = did_you_mean(str(err.instance), [str(v) for v in err.validator_value])
         return [locator.problem(path, f"{err.instance!r} is not one of {allowed}", hint)]
+    if err.validator in _RANGES:
+        return [locator.problem(path, f"must be {_RANGES[err.validator]} {err.validator_value}, not {err.instance!r}")]
+    if err.validator == "pattern" and path == ("name",):
+        hint = "letters, digits, _, . and -, not starting with '.': it names the run directory"
+        return [locator.problem(path, f"{err.instance!r} is not a valid name", hint)]
     if err.validator == "const":
         return [locator.problem(path, f"must be {err.validator_value!r}, not {err.instance!r}")]
     if err.validator == "oneOf" and len(path) == 2 and path[0] == "nodes" and isinstance(err.instance, dict):

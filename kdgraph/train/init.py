@@ -10,11 +10,11 @@ overrides, the caller's, its own) is resolved and printed by kdgraph/deps.py.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from typing import Any
 
-import torch
-
 from ..cache import CACHE_ENV, cache_root
+from ..checkpoint import has_checkpoint
 from ..console import plural
 from ..data import Loader
 from ..deps import load_dependency
@@ -22,6 +22,8 @@ from ..errors import CheckpointError
 from ..nets.checkpoint import load_checkpoint
 from ..plan import StagePlan
 from ..reinit import reinitialise
+from ..run_guard import run_lock
+from ..safe_load import load_final_graph
 
 __all__ = ["CACHE_ENV", "InitActions", "cache_root"]
 
@@ -83,15 +85,24 @@ class InitActions:
         final = folder / "final.pt"
         if final.exists():
             self.log(f"  reusing {dep.describe()} from {folder}")
-            return torch.load(final, map_location="cpu", weights_only=False)["graph"]
-        self.log(f"  training {dep.describe()} first (cached in {folder})")
-        resume = (folder / "checkpoints" / "latest.json").exists()  # an interrupted earlier attempt
+            return load_final_graph(final)
         folder.mkdir(parents=True, exist_ok=True)
-        type(self)(
-            child, folder, accelerator=self.accelerator, log=self.log.nested(child.name), resume=resume,
-            init_overrides=self.init_overrides,
-        ).run()
-        return torch.load(final, map_location="cpu", weights_only=False)["graph"]
+        # another run may be training it right now (the main process speaks for the run)
+        with run_lock(folder, wait=True, log=self.log) if self.main else nullcontext():
+            if final.exists():
+                return load_final_graph(final)
+            self.log(f"  training {dep.describe()} first (cached in {folder})")
+            resume = has_checkpoint(folder / "checkpoints")  # an interrupted earlier attempt
+            type(self)(
+                child,
+                folder,
+                accelerator=self.accelerator,
+                log=self.log.nested(child.name),
+                resume=resume,
+                init_overrides=self.init_overrides,
+                locked=True,
+            ).run()
+        return load_final_graph(final)
 
     def _snapshot(self) -> dict[str, Any]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.graph.state_dict().items()}

@@ -26,6 +26,7 @@ from ..data import Dataset, Loader, load_dataset, make_loaders, normalization_of
 from ..errors import DataError, RunError
 from ..plan import StagePlan
 from ..rng import set_rng_state
+from ..run_guard import run_lock
 from ..spec import GraphSpec
 from ..trackers import accelerator_kwargs, run_config
 from .cache import attach_output_caches
@@ -105,6 +106,7 @@ class Trainer(RunFiles, InitActions):
     resume: bool = False
     init_overrides: list[str] = field(default_factory=list)
     stop_after: int | None = None  # pause resumably once this many steps are done in total
+    locked: bool = False  # the caller holds the run directory's lock
     checked: CheckedGraph | None = None  # the graph built and dry-run once (check_graph); else built here
 
     def __post_init__(self) -> None:
@@ -171,6 +173,8 @@ class Trainer(RunFiles, InitActions):
             for batch in loader.epoch(1):
                 out = graph.evaluate(batch.image)
                 for i, port in enumerate(ports):
+                    if not (isinstance(out[port], torch.Tensor) and out[port].dim() == 2):
+                        raise RunError(f"evaluated port {port} is {_shape_of(out[port])}, not (batch, classes) scores")
                     top = out[port].float().topk(min(5, out[port].shape[1]), dim=1).indices
                     hit = top == batch.label[:, None]
                     counts[i, 0] += hit[:, 0].sum()
@@ -186,6 +190,14 @@ class Trainer(RunFiles, InitActions):
         }
 
     def run(self) -> dict[str, Any]:
+        if self.main and not self.locked:  # one process trains in a folder at a time
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with run_lock(self.run_dir):
+                self.locked = True
+                try:
+                    return self.run()
+                finally:
+                    self.locked = False
         self._prepare()
         if self.tracking:
             self.accelerator.init_trackers(self.spec.name, config=run_config(self.spec))
@@ -442,6 +454,10 @@ class Trainer(RunFiles, InitActions):
         if self.tracking:
             self.accelerator.end_training()
         return summary
+
+
+def _shape_of(value: Any) -> str:
+    return f"shaped {tuple(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
 
 
 def _summarise(names: list[str], shown: int = 4) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -21,11 +20,14 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..errors import CheckpointError, RunError
+from ..nan_guard import refuse_nonfinite
 from ..rng import rng_state
+from ..run_guard import RUN_ENTRIES, clear_run, write_marker
+from ..safe_load import load_weights
 from ..spec import GraphSpec, dump_resolved
 from ..trackers import scalars
 
-RUN_FILES = ("run.json", "spec.yaml", "metrics.jsonl", "checkpoints", "summary.json", "final.pt")
+RUN_FILES = RUN_ENTRIES  # every entry a run writes (run_guard: --force removes only these)
 
 
 def use_cpu() -> bool:
@@ -82,11 +84,9 @@ def _make_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
                     f"run directory {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
                     "pass --force to overwrite it, or choose another --out"
                 )
-            if not any((run_dir / f).exists() for f in RUN_FILES):
-                raise RunError(f"{run_dir} is not a kdgraph run directory; --force will not empty it")
-            for child in run_dir.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            clear_run(run_dir)  # only a marked folder, only the files a run writes
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(run_dir)
     return run_dir
 
 
@@ -108,6 +108,7 @@ class RunFiles:
         if not self.main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(self.run_dir)
         (self.run_dir / "spec.yaml").write_text(dump_resolved(self.spec))
         info = {
             "name": self.spec.name,
@@ -156,11 +157,12 @@ class RunFiles:
 
     def _save(self, pos: Position, optimizer, acc_state: dict[str, Any]) -> None:
         self.accelerator.wait_for_everyone()
+        weights = {"graph": self.graph.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None}
+        refuse_nonfinite(weights, self.spec, pos.step, self.saved_step, self.run_dir)  # every process: same weights
         if not self.main:
             return
         state = {
-            "graph": self.graph.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer else None,
+            **weights,
             "position": pos.__dict__.copy(),
             "rng": rng_state(),
             "metrics_lines": self._metrics_lines(),
@@ -176,26 +178,31 @@ class RunFiles:
         self.saved_step = pos.step
 
     def _restore(self) -> tuple[Position, dict[str, Any]]:
-        state = ckpt.load_latest(self.run_dir / "checkpoints")
-        if state["hash"] != self.spec.hash():
+        state = ckpt.load_latest(self.run_dir / "checkpoints", log=self.log)
+        if state.get("hash") != self.spec.hash():
             raise CheckpointError(
-                f"{self.run_dir} was started from a different graph (hash {state['hash']} != "
+                f"{self.run_dir} was started from a different graph (hash {state.get('hash')} != "
                 f"{self.spec.hash()}); resume with the same graph and overrides"
             )
-        self.graph.load_state_dict(state["graph"])
-        for kind, names, target in (
-            ("snapshots", state["snapshots"], self.snapshots),
-            ("stage_ends", state["stage_ends"], self.stage_ends),
-        ):
-            for name in names:
-                side = self.run_dir / kind / f"{name}.pt"
-                try:
-                    target[name] = torch.load(side, map_location="cpu", weights_only=False)
-                except (OSError, RuntimeError, EOFError) as e:
-                    raise CheckpointError(f"cannot read {side} ({e}); start a new run") from None
-        self.best, self.last_eval = state["best"], state["last_eval"]
-        self.stage_results = state.get("stage_results", {})
-        self._truncate_metrics(state["metrics_lines"])
-        self._pending_rng = state["rng"]
-        self.saved_step = state["position"]["step"]
-        return Position(**state["position"]), state
+        try:  # the file passed its hash: a wrong layout is a foreign or hand-made file, said in one line
+            self.graph.load_state_dict(state["graph"])
+            for kind, names, target in (
+                ("snapshots", state["snapshots"], self.snapshots),
+                ("stage_ends", state["stage_ends"], self.stage_ends),
+            ):
+                for name in names:
+                    if name not in {st.name for st in self.spec.stages}:  # a name, never a path
+                        raise ValueError(f"unknown stage {name!r} in {kind}")
+                    side = self.run_dir / kind / f"{name}.pt"
+                    target[name] = load_weights(side, f"{side} (start a new run if it is lost)")
+            self.best, self.last_eval = state["best"], state["last_eval"]
+            self.stage_results = state.get("stage_results", {})
+            self._truncate_metrics(state["metrics_lines"])
+            self._pending_rng = state["rng"]
+            self.saved_step = state["position"]["step"]
+            return Position(**state["position"]), state
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(
+                f"the checkpoint in {self.run_dir / 'checkpoints'} is not laid out as kdgraph writes it "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); start the run again with --force"
+            ) from None

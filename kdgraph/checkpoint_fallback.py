@@ -1,0 +1,96 @@
+"""Which checkpoint a resume reads: the one latest.json names, else the newest intact one.
+
+    state, note = load_newest_intact(run_dir / "checkpoints")   # note: what was skipped, or None
+
+Each checkpoint file carries the start of its own SHA-256 in its name (``step-000000040-3f2a...pt``),
+so it can be verified without ``latest.json``: a garbage or missing pointer (a kill between the
+two renames of the first checkpoint) or a damaged latest file falls back to the newest file whose
+bytes match its name. Everything is loaded weights-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .safe_load import load_weights
+
+HASH_CHARS = 16
+NAME_RE = re.compile(r"^step-(\d{9})(?:\.(\d+))?(?:-([0-9a-f]{16}))?\.pt$")
+
+
+def checkpoint_name(step: int, blob: bytes) -> str:
+    """``step-000000040-<16 hex of sha256>.pt``: the file can prove itself intact."""
+    return f"step-{step:09d}-{hashlib.sha256(blob).hexdigest()[:HASH_CHARS]}.pt"
+
+
+def read_pointer(folder: Path) -> dict[str, Any] | None:
+    """latest.json when it is a mapping naming a checkpoint file in `folder`; None when it is not."""
+    try:
+        meta = json.loads((folder / "latest.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("file"), str) or not NAME_RE.match(meta["file"]):
+        return None  # also refuses a name that walks out of the folder ("../x.pt")
+    if not isinstance(meta.get("sha256"), str):
+        return None
+    return meta
+
+
+def _candidates(folder: Path) -> list[Path]:
+    """Checkpoint files, newest step first (then the later copy at one step)."""
+    found = []
+    for path in folder.glob("step-*.pt"):
+        m = NAME_RE.match(path.name)
+        if m and path.is_file():
+            found.append(((int(m.group(1)), path.stat().st_mtime_ns, int(m.group(2) or 0)), path))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _verified(path: Path, sha256: str | None) -> dict[str, Any] | None:
+    """The state in `path` when its bytes match `sha256` (or its name's hash) and it loads; else None."""
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    digest = hashlib.sha256(blob).hexdigest()
+    m = NAME_RE.match(path.name)
+    expected = sha256 or (m.group(3) if m else None)
+    if expected is not None and not digest.startswith(expected):
+        return None
+    try:
+        state = load_weights(blob, f"checkpoint {path}")
+    except CheckpointError:
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def load_newest_intact(folder: Path) -> tuple[dict[str, Any], str | None]:
+    """The checkpoint to resume from and, when it is not the one latest.json names, a line saying why."""
+    meta = read_pointer(folder)
+    skipped: list[str] = []
+    if meta is not None:
+        named = folder / meta["file"]
+        state = _verified(named, meta["sha256"])
+        if state is not None:
+            return state, None
+        skipped.append(f"{meta['file']} (named by latest.json) is {'damaged' if named.exists() else 'missing'}")
+    elif (folder / "latest.json").exists():
+        skipped.append("latest.json is unreadable")
+    else:
+        skipped.append("latest.json was never written")
+    for path in _candidates(folder):
+        if meta is not None and path.name == meta["file"]:
+            continue
+        state = _verified(path, None)
+        if state is not None:
+            return state, f"{'; '.join(skipped)}: resuming from the newest intact checkpoint, {path.name}"
+        skipped.append(f"{path.name} is damaged")
+    raise CheckpointError(
+        f"no intact checkpoint in {folder} ({'; '.join(skipped)}); start the run again with kdgraph run GRAPH "
+        f"--out {folder.parent} --force"
+    )

@@ -1,0 +1,245 @@
+"""The YAML reader of graph files: YAML 1.2 numbers, merge keys, bounded size, depth and aliases.
+
+    text = read_graph_text(path)                    # a regular UTF-8 file under MAX_BYTES
+    data, lines, problems = parse(text, str(path))  # lines: {("nodes", "s", "net"): 7, ...}
+    value = parse_value("5e-4")                     # an override's value: 0.0005, a float
+
+PyYAML reads YAML 1.1, where ``1e-3`` (no dot) is the string "1e-3"; here every YAML 1.2 float
+(``1e-3``, ``5e-4``, ``1e30``) is a number. ``<<: *base`` merges a mapping (explicit keys win).
+Aliases are expanded as copies, and the expanded document is bounded (MAX_VALUES values, MAX_DEPTH
+levels), so an alias bomb or a self-referential alias is one clear error, not MemoryError or
+RecursionError.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import Problem, SpecError
+
+MAX_BYTES = 1 << 20  # a graph file is text a person writes: 1 MiB is generous
+MAX_VALUES = 100_000  # values in the document once aliases are expanded
+MAX_DEPTH = 64  # nesting levels
+
+STR_TAG = "tag:yaml.org,2002:str"
+MERGE_TAG = "tag:yaml.org,2002:merge"
+FLOAT_12 = re.compile(
+    r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2's float syntax (an exponent needs no dot)."""
+
+
+Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+# after 1.1's own float and int forms: only what they leave out (1e-3, 5e-4, 1e30) resolves here
+Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_12, list("-+0123456789."))
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_graph_text(path: Path) -> str:
+    """The text of a graph file; SpecError (one line, no contents) for anything that is not one."""
+    shown = str(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise SpecError(Problem("", f"graph file {shown!r} does not exist", file=shown)) from None
+    except OSError as e:
+        raise SpecError(Problem("", f"cannot read graph file: {e.strerror or e}", file=shown)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise SpecError(
+            Problem("", f"{shown!r} is a directory, not a graph file", file=shown, hint="name a .yaml file")
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise SpecError(
+            Problem(
+                "", f"{shown!r} is not a regular file (a device, pipe or socket)", file=shown, hint="name a .yaml file"
+            )
+        )
+    if info.st_size > MAX_BYTES:
+        raise SpecError(
+            Problem("", f"graph file is {info.st_size:,} bytes; at most {MAX_BYTES:,} are read", file=shown)
+        )
+    try:
+        with open(path, "rb") as fh:
+            blob = fh.read(MAX_BYTES + 1)  # the file may grow after stat
+    except OSError as e:
+        raise SpecError(Problem("", f"cannot read graph file: {e.strerror or e}", file=shown)) from None
+    if len(blob) > MAX_BYTES:
+        raise SpecError(Problem("", f"graph file is over {MAX_BYTES:,} bytes", file=shown))
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = blob[: e.start].count(b"\n") + 1
+        raise SpecError(
+            Problem("", f"not UTF-8 text (byte {e.start})", line, shown, "a graph file is YAML text")
+        ) from None
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def parse(text: str, file: str) -> tuple[Any, dict[tuple, int], list[Problem]]:
+    """The document, the line of every path in it, and its problems (duplicate or non-string keys).
+
+    Raises SpecError for text that is not YAML or expands beyond the bounds.
+    """
+    try:
+        loader = Loader(text)
+    except yaml.YAMLError as e:  # the reader refuses the text itself (a NUL byte)
+        raise _yaml_error(e, file, text) from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}, []
+        walker = _Walker(file)
+        walker.walk(node, (), 0, ())
+        data = loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise _yaml_error(e, file, text) from None
+    except RecursionError:
+        raise SpecError(Problem("", f"YAML nested deeper than {MAX_DEPTH} levels", file=file)) from None
+    finally:
+        loader.dispose()
+    return unshare(data), walker.lines, walker.problems
+
+
+def parse_value(text: str) -> Any:
+    """One value written on the command line (``train.optimizer.lr=5e-4``), YAML 1.2 numbers included."""
+    loader = Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _Walker("<command line>").walk(node, (), 0, ())
+        return unshare(loader.construct_document(node))
+    finally:
+        loader.dispose()
+
+
+def unshare(obj: Any) -> Any:
+    """Aliases as copies: editing one place (an override) never changes another; non-name keys dropped
+    (each is reported as a problem)."""
+    if isinstance(obj, dict):
+        return {k: unshare(v) for k, v in obj.items() if isinstance(k, str)}
+    if isinstance(obj, list):
+        return [unshare(v) for v in obj]
+    return obj
+
+
+def _yaml_error(e: yaml.YAMLError, file: str, text: str) -> SpecError:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    if isinstance(e, yaml.reader.ReaderError):
+        line = text[: e.position].count("\n") + 1
+        what = f"character {e.character:#06x} is not allowed in YAML" if isinstance(e.character, int) else e.reason
+    else:
+        what = getattr(e, "problem", None) or str(e).split("\n")[0]
+    return SpecError(Problem("", f"malformed YAML: {what}", line, file, "fix the YAML syntax"))
+
+
+class _Walker:
+    """Lines of each path; duplicate and non-string keys; the expanded size and depth, bounded."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.lines: dict[tuple, int] = {}
+        self.problems: list[Problem] = []
+        self.count = 0
+
+    def _fail(self, node: yaml.Node, message: str, hint: str) -> SpecError:
+        return SpecError(Problem("", message, node.start_mark.line + 1, self.file, hint))
+
+    def walk(self, node: yaml.Node, path: tuple, depth: int, stack: tuple) -> None:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise self._fail(
+                node, f"the document expands to more than {MAX_VALUES:,} values", "an alias bomb? use fewer aliases"
+            )
+        if depth > MAX_DEPTH:
+            raise self._fail(node, f"nested deeper than {MAX_DEPTH} levels", "flatten the structure")
+        if any(node is s for s in stack):
+            raise self._fail(node, "an alias refers to the node that contains it", "a value cannot contain itself")
+        self.lines[path] = node.start_mark.line + 1  # a value's own line (a block mapping: its first key)
+        if isinstance(node, yaml.MappingNode):
+            self._mapping(node, path, depth, (*stack, node))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.walk(item, (*path, i), depth + 1, (*stack, node))
+
+    def _mapping(self, node: yaml.MappingNode, path: tuple, depth: int, stack: tuple) -> None:
+        seen: set[Any] = set()
+        merged: list[yaml.MappingNode] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                merged += _merge_sources(value_node)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != STR_TAG:
+                shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a mapping or list"
+                self.problems.append(
+                    Problem(
+                        _format(path),
+                        f"key {shown} is not a name",
+                        key_node.start_mark.line + 1,
+                        self.file,
+                        f"keys are names; quote it: '{shown}'" if isinstance(key_node, yaml.ScalarNode) else None,
+                        "yaml",
+                        path,
+                    )
+                )
+                continue
+            key = key_node.value
+            if key in seen:
+                self.problems.append(
+                    Problem(
+                        _format((*path, key)),
+                        "duplicate key",
+                        key_node.start_mark.line + 1,
+                        self.file,
+                        "each key may appear once per mapping",
+                        "yaml",
+                        (*path, key),
+                    )
+                )
+            seen.add(key)
+            self.lines[(*path, key)] = key_node.start_mark.line + 1
+            self.walk(value_node, (*path, key), depth + 1, stack)
+        for source in merged:  # merged keys: only those the mapping does not set itself (first source wins)
+            if any(source is s for s in stack):
+                raise self._fail(source, "a merge key refers to the mapping that contains it", "merge another mapping")
+            for key_node, value_node in source.value:
+                if key_node.tag == MERGE_TAG:
+                    continue
+                key = key_node.value
+                if key in seen:
+                    self.count += 1
+                    continue
+                seen.add(key)
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                self.walk(value_node, (*path, key), depth + 1, stack)
+
+
+def _merge_sources(node: yaml.Node) -> list[yaml.MappingNode]:
+    if isinstance(node, yaml.MappingNode):
+        return [node]
+    if isinstance(node, yaml.SequenceNode):
+        return [n for n in node.value if isinstance(n, yaml.MappingNode)]
+    return []  # the constructor reports a merge of a scalar
+
+
+def _format(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
