@@ -1,4 +1,4 @@
-"""kdgraph run | validate | plan | list | draw | plot | export.
+"""kdgraph run | validate | plan | list | draw | plot | export | sweep | report | profile.
 
 Bad input is reported as plain lines on stderr (file:line: path: what (fix)) with exit status 2,
 never a traceback.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import report, sweep  # torch-free modules that declare their own commands
 from .args import split_args
 from .errors import KDGraphError, SpecError
 from .last_resort import positive_int, unexpected_error_line
@@ -424,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("action", choices=["list", "clear"], help="list: entries with sizes; clear: remove them")
     ca.set_defaults(func=_lazy("cache", "cmd_cache"))
 
+    sweep.register_cli(sub)
+    report.register_cli(sub)
+    _register_profile(sub)
+
     for register in _extra_commands():
         register(sub)
     return p
@@ -443,6 +448,24 @@ def _extra_commands() -> list[Any]:
         if hasattr(module, "register_cli"):
             found.append(module.register_cli)
     return found
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import cmd_profile as profile
+
+    return profile(args)
+
+
+def _register_profile(sub: Any) -> None:
+    """``kdgraph profile GRAPH`` (declared here: the profile module imports torch)."""
+    p = sub.add_parser("profile", help="time per node, loss, backward and optimizer; memory; images/s")
+    p.add_argument("items", nargs="+", metavar="GRAPH|key=value", help="graph file and overrides")
+    p.add_argument("--steps", type=int, default=10, help="timed steps of each kind (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--stage", help="the stage to profile (default: the last)")
+    p.add_argument("--format", choices=["text", "markdown"], default="text")
+    p.add_argument("-o", "--output", help="write the table to this file")
+    p.set_defaults(func=cmd_profile)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -188,7 +188,7 @@ def test_seed_init_gives_the_net_built_under_that_seed(tmp_path: Path) -> None:
     (tmp_path / "g.yaml").write_text(RESEED)
     spec, _ = check_graph(tmp_path / "g.yaml", dry=False)
     Trainer(spec, tmp_path / "run", log=lambda *_: None).run()
-    final = torch.load(tmp_path / "run" / "final.pt", weights_only=False)["graph"]
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)["graph"]
     torch.manual_seed(7)
     fresh = NETS.get("cnn").obj(width=4, num_classes=4, in_channels=3).state_dict()
     got = {k[len("nodes.student.") :]: v for k, v in final.items() if k.startswith("nodes.student.")}

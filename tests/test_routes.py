@@ -130,9 +130,9 @@ def test_dot_run_keeps_both_momenta_and_resumes_bitwise(tmp_path) -> None:
     with pytest.raises(Interrupted):
         Trainer(spec, tmp_path / "resumed", log=lambda *_: None, stop_after=5).run()
     Trainer(spec, tmp_path / "resumed", log=lambda *_: None, resume=True).run()
-    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=False)["graph"]
-    b = torch.load(tmp_path / "resumed" / "final.pt", weights_only=False)["graph"]
+    a = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)["graph"]
+    b = torch.load(tmp_path / "resumed" / "final.pt", weights_only=True)["graph"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ckpts = sorted((tmp_path / "resumed" / "checkpoints").glob("*.pt"))
-    state = torch.load(ckpts[-1], weights_only=False)["optimizer"]["state"]
+    state = torch.load(ckpts[-1], weights_only=True)["optimizer"]["state"]
     assert any({"momentum_buffer_main", "momentum_buffer_dist"} <= set(s) for s in state.values())

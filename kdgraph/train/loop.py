@@ -24,6 +24,7 @@ from ..check import CheckedGraph, check_spec
 from ..console import Console, as_console
 from ..data import Dataset, Loader, load_dataset, make_loaders, normalization_of
 from ..errors import DataError, RunError
+from ..peak_memory import peak_memory_mb
 from ..plan import StagePlan
 from ..rng import set_rng_state
 from ..run_guard import run_lock
@@ -410,6 +411,7 @@ class Trainer(RunFiles, InitActions):
             "losses": dict(zip(names, means)),
             "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
             "images_per_s": round(images_per_s, 1),
+            "peak_memory_mb": peak_memory_mb(self.device),
         }
         self._write_metrics(record)
         return record["loss"]
