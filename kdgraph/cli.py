@@ -463,7 +463,7 @@ def _register_profile(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps of each kind (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--stage", help="the stage to profile (default: the last)")
-    p.add_argument("--format", choices=["text", "markdown"], default="text")
+    p.add_argument("--format", choices=["text", "markdown"], default="text", help="table format (default text)")
     p.add_argument("-o", "--output", help="write the table to this file")
     p.set_defaults(func=cmd_profile)
 
