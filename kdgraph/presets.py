@@ -91,7 +91,11 @@ def apply_preset(doc: dict, preset: dict) -> None:
             node["net"] = small.pop("net")
             node.update(small)
     if preset.get("data"):
-        doc["data"] = {**(doc.get("data") or {}), **preset["data"]}
+        data = dict(doc.get("data") or {})
+        if "dataset" in preset["data"]:  # another dataset: the old one's statistics and location do not apply
+            for key in ("mean", "std", "root", "download"):
+                data.pop(key, None)
+        doc["data"] = {**data, **preset["data"]}
     if preset.get("train"):
         train = dict(doc.get("train") or {})
         for key, value in preset["train"].items():
