@@ -135,9 +135,9 @@ def probe(graph: DistillGraph, batch: int = 2) -> None:
 
 
 def _error_path(spec: GraphSpec, e: NodeError) -> tuple:
-    """Where in the graph file the failed node or edge is written."""
+    """Where in the graph file the failed node or edge is written (down to its key at fault, when known)."""
     if e.edge is not None:
-        return ("edges", spec.edge(e.edge).index)
+        return ("edges", spec.edge(e.edge).index, *([e.key] if e.key else []))
     if e.node is not None:
         return ("nodes", e.node)
     return ()

@@ -12,24 +12,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import draw, plot, report, sweep
+from . import report, sweep  # torch-free modules that declare their own commands
 from .args import split_args
 from .errors import KDGraphError, SpecError
 from .last_resort import positive_int, unexpected_error_line
 
 
+def _with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """`--preset NAME` is the override `preset=NAME` placed first, so the other overrides win (presets.py)."""
+    preset = getattr(args, "preset", None)
+    return ([f"preset={preset}"] if preset else []) + overrides
+
+
 def _graph_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Graph files and overrides, with the overrides of `--pair NAME` (kdgraph/pairs.py) first."""
+    """Graph files and overrides: `--pair NAME`'s (kdgraph/pairs.py), then `--preset NAME`, then the command line's.
+
+    The pair names zoo nets; the preset after it maps them to its small ones; the user's overrides win.
+    """
     files, overrides = split_args(args.items)
+    pair: list[str] = []
     if getattr(args, "pair", None):
         from .pairs import with_pair
 
-        overrides = with_pair(files, overrides, args.pair)
-    return files, overrides
+        pair = with_pair(files, [], args.pair)
+    return files, pair + _with_preset(args, overrides)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .check import check_graph
+    from .initcheck import check_inits
     from .spec import dump_resolved
 
     files, overrides = _graph_args(args)
@@ -38,7 +49,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed: list[str] = []
     for f in files:
         try:
-            spec, _ = check_graph(f, overrides, dry=not args.no_dry_run)
+            checked = check_graph(f, overrides, dry=not args.no_dry_run)
+            spec = checked.spec
+            if not args.no_dry_run:
+                check_inits(spec, checked.graph)  # what each init would load fits its node: nothing trained
         except KDGraphError as e:
             failed.extend(e.lines())
             continue
@@ -165,25 +179,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         registry = REGISTRIES[kind]
         print(f"{kind} ({len(registry.names())}):")
         width = max((len(n) for n in registry.names()), default=0)
+        infos = _net_infos(registry.entries()) if kind == "nets" else {}
         for entry in registry.entries():
-            extra = _net_details(entry) if kind == "nets" else ""
+            extra = _net_details(infos[entry.name]) if kind == "nets" else ""
             print(f"  {entry.name.ljust(width)}  {entry.description}{extra}")
     return 0
 
 
-def _net_details(entry) -> str:
-    import torch
+def _net_infos(entries: list) -> dict:
+    from .netinfo import net_infos  # counts cached per source file: no 80 torchvision builds per call
 
-    from .nets.base import PortNet
+    return net_infos(entries)
 
-    try:
-        with torch.device("meta"):
-            net = entry.obj(**({"num_classes": 100} if "num_classes" in entry.parameters() else {}))
-    except Exception as e:  # a net that cannot be built with defaults: say so, keep listing
-        return f"  [cannot build with defaults: {e}]"
-    count = sum(p.numel() for p in net.parameters())
-    ports = list(net.port_info()) if isinstance(net, PortNet) else ["logits"]
-    return f"  [{count:,} params; ports {_compact_ports(ports)}]"
+
+def _net_details(info: dict) -> str:
+    if "error" in info:
+        return f"  [cannot build with defaults: {info['error']}]"
+    return f"  [{info['params']:,} params; ports {_compact_ports(info['ports'])}]"
 
 
 def _compact_ports(ports: list[str]) -> str:
@@ -204,12 +216,18 @@ def _compact_ports(ports: list[str]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .check import check_graph
+    from .console import Console
+    from .initcheck import check_inits
     from .train import Trainer, new_run_dir
 
     files, overrides = _graph_args(args)
     if args.resume:
-        if files or overrides:
-            raise SpecError("--resume RUN_DIR takes no graph file or overrides: they are read from the run")
+        if files or overrides or args.preset:
+            raise SpecError(
+                "--resume RUN_DIR takes no graph file, overrides or preset: they are read from the run, so that it "
+                "continues exactly (a larger train.epochs would re-lay the lr schedule over epochs already trained "
+                "and match neither run); to train longer, start a new run with the new train.epochs"
+            )
         from .run_guard import check_spec_unchanged, read_run_info
         from .spec import dump_resolved
 
@@ -218,16 +236,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         checked = check_graph(source, saved)  # built once and dry-run once, as a fresh run
         spec = checked.spec
         check_spec_unchanged(run_dir, dump_resolved(spec), spec.hash())
-        trainer = Trainer(checked, run_dir, resume=True, stop_after=args.stop_after)
+        trainer = Trainer(checked, run_dir, log=Console(quiet=args.quiet), resume=True, stop_after=args.stop_after)
         created = False
     else:
         if len(files) != 1:
             raise SpecError("run takes one graph file (and key=value overrides)")
         checked = check_graph(files[0], overrides)  # every problem before any directory is made
         spec = checked.spec
+        check_inits(spec, checked.graph)
         created = not (args.out and Path(args.out).exists())
         run_dir = new_run_dir(spec, args.out, args.force)
-        trainer = Trainer(checked, run_dir, stop_after=args.stop_after)
+        trainer = Trainer(checked, run_dir, log=Console(quiet=args.quiet), stop_after=args.stop_after)
     say = print if trainer.main else (lambda *_: None)  # one report, not one per process
     say(f"run {spec.name} -> {run_dir}")
     try:
@@ -258,29 +277,93 @@ def _discard_unstarted(run_dir: Path) -> None:
         pass
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kdgraph", description="Declarative graph-of-networks knowledge distillation.")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
-    sub = p.add_subparsers(dest="command", required=True)
+OVERRIDES_HELP = """\
+overrides (after the graph file, any number; values are YAML):
+  key=value     set a key that exists (or has a default)     train.epochs=2  nodes.student.net=vgg8
+  +key=value    add a key that does not exist yet            +nodes.student.dropout=0.1
+  ++key=value   add or replace                               ++train.precision=bf16
+  ~key          remove a key                                 ~train.lr_schedule.milestones
+  lists and mappings in YAML flow style, quoted for the shell: 'train.lr_schedule.milestones=[3, 6]'
+  a typo in a key is an error with a did-you-mean, never a new key
 
-    run = sub.add_parser("run", help="train a graph file (or resume a run)")
-    run.add_argument("items", nargs="*", metavar="GRAPH|key=value", help="graph file and overrides")
-    run.add_argument("--out", help="run directory (default runs/<name>/<time>)")
-    run.add_argument("--force", action="store_true", help="overwrite a non-empty --out directory")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+example:
+  kdgraph run graphs/kd.yaml --preset digits train.epochs=3 'nodes.teacher.init={from: teachers/resnet32x4.yaml}'
+"""
+
+GRAPH_ITEMS = "graph file (.yaml), then overrides: key=value, +key=value, ++key=value, ~key (see below)"
+PRESET_HELP = (
+    "apply a preset first (graphs/presets/NAME.yaml or a .yaml path), e.g. digits: the graph's topology "
+    "on the bundled digits with small nets in the same roles; the overrides after it win"
+)
+
+
+def _lazy(module: str, function: str) -> Any:
+    """A command handler imported only when the command runs (`--help` imports neither torch nor accelerate)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(f"kdgraph.{module}"), function)(args)
+
+    return handler
+
+
+def _command(sub: Any, name: str, help_text: str, **kw: Any) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter, **kw,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="kdgraph",
+        description="Declarative graph-of-networks knowledge distillation: a method is a YAML graph of networks, "
+        "operations and losses; kdgraph validates, plans, trains, draws and exports it.",
+        epilog="first run: kdgraph run graphs/quickstart.yaml   (KD on the bundled digits, about a minute on a CPU)\n"
+        "any method small: kdgraph run graphs/slkd.yaml --preset digits\n"
+        "help on a command: kdgraph COMMAND --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"kdgraph {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = _command(sub, "run", "train a graph file (or resume a run)", epilog=OVERRIDES_HELP)
+    run.add_argument("items", nargs="*", metavar="GRAPH|key=value", help=GRAPH_ITEMS)
+    run.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
+    run.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>/<time>)")
+    run.add_argument("--force", action="store_true", help="empty a non-empty --out run directory first")
     run.add_argument(
-        "--stop-after", type=positive_int, metavar="STEPS", help="pause resumably after STEPS steps in total"
+        "--resume", metavar="RUN_DIR",
+        help="continue an interrupted or paused run exactly where it stopped (same weights, optimizer, data order, "
+        "RNG); takes no graph file, overrides or preset: they are read from RUN_DIR/run.json",
+    )
+    run.add_argument(
+        "--stop-after", type=positive_int, metavar="STEPS",
+        help="pause after STEPS optimizer steps in total (all stages), writing a checkpoint; exit 0; "
+        "continue with --resume",
+    )
+    run.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines; errors and the result only"
     )
     run.set_defaults(func=cmd_run)
 
-    val = sub.add_parser("validate", help="schema, meaning and a dry run on a tiny batch")
-    val.add_argument("items", nargs="+", metavar="GRAPH|key=value")
+    val = _command(sub, "validate", "schema, meaning checks and a shape-checking dry run on a tiny batch",
+                   epilog=OVERRIDES_HELP)
+    val.add_argument("items", nargs="+", metavar="GRAPH|key=value", help="one or more graph files, then overrides "
+                     "applied to each: key=value, +key=value, ++key=value, ~key (see below)")
+    val.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
     val.add_argument("--resolved", action="store_true", help="print the resolved graph (vars, overrides, extends)")
     val.add_argument("--no-dry-run", action="store_true", help="skip the shape-checking dry run")
     val.set_defaults(func=cmd_validate)
 
-    pl = sub.add_parser("plan", help="show the execution plan of each stage")
-    pl.add_argument("items", nargs="+", metavar="GRAPH|key=value")
+    pl = _command(sub, "plan", "show the execution plan of each stage (order, no_grad, parameters, frees, memory)",
+                  epilog=OVERRIDES_HELP)
+    pl.add_argument("items", nargs="+", metavar="GRAPH|key=value", help=GRAPH_ITEMS)
+    pl.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
     pl.add_argument("--batch", type=int, help="batch size of the memory estimate (default: data.batch_size)")
     pl.add_argument(
         "--no-memory", dest="memory", action="store_false", help="skip the memory estimate (a step on fake tensors)"
@@ -289,37 +372,82 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (run, val, pl):
         sp.add_argument("--pair", metavar="NAME", help="a teacher-student pair from the graph file's `pairs:` table")
 
-    ls = sub.add_parser("list", help="list registered nets, ops, losses and datasets")
-    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses", "datasets", "pairs"])
+    ls = _command(sub, "list", "list the registered nets, ops, losses and datasets, or a graph's pairs")
+    ls.add_argument("kind", nargs="?", choices=["nets", "ops", "losses", "datasets", "pairs"],
+                    help="one registry only (default: all), or pairs: the `pairs:` table of GRAPH")
     ls.add_argument("graph", nargs="?", help="with pairs: the graph file whose `pairs:` table to show")
     ls.add_argument("--markdown", action="store_true", help="the reference documentation as Markdown")
-    ls.add_argument("-o", "--output", help="with --markdown: write to this file")
+    ls.add_argument("-o", "--output", metavar="FILE", help="with --markdown: write to FILE instead of printing")
     ls.set_defaults(func=cmd_list)
 
-    draw.register_cli(sub)
-    plot.register_cli(sub)
-    _register_export(sub)
+    dr = _command(sub, "draw", "draw a graph file or a run as a diagram (SVG, PNG, PDF, DOT, Mermaid)",
+                  epilog=OVERRIDES_HELP)
+    dr.add_argument("items", nargs="+", metavar="GRAPH|RUN_DIR|key=value",
+                    help="a graph file (then overrides) or a run directory (drawn with its final losses and "
+                    "accuracies)")
+    dr.add_argument("-o", "--output", metavar="FILE", help="output file; the format follows the suffix: .svg .png .pdf "
+                    "(Graphviz), .dot, .mmd (Mermaid, no dependency)")
+    dr.add_argument("--format", choices=["dot", "mmd"], help="print the DOT or Mermaid source instead of a file")
+    dr.add_argument("--stage", metavar="NAME", help="draw one stage only")
+    dr.add_argument("--direction", choices=["LR", "TB", "RL", "BT"], default="LR", help="layout direction (default LR)")
+    dr.add_argument("--no-legend", action="store_true", help="leave the legend out")
+    dr.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
+    dr.set_defaults(func=_lazy("draw", "cmd_draw"))
+
+    pt = _command(sub, "plot", "plot loss, lr and top-1 curves of one or more runs (needs matplotlib)")
+    pt.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several are overlaid")
+    pt.add_argument("-o", "--output", required=True, metavar="FILE", help="image file: .png, .svg or .pdf")
+    pt.add_argument("--x", choices=["step", "epoch"], default="step", help="x axis (default: optimizer steps)")
+    pt.add_argument("--label", action="append", help="legend name of each run, in order (repeat per run)")
+    pt.add_argument("--logy", action="store_true", help="log scale for the loss panels")
+    pt.set_defaults(func=_lazy("plot", "cmd_plot"))
+
+    ex = _command(sub, "export", "export the deployed slice of a finished run as one standalone module")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (with final.pt)")
+    ex.add_argument("-o", "--output", metavar="OUT.pt", help="output file (default RUN_DIR/model.pt)")
+    ex.add_argument("--port", help="export this port instead of the graph's deploy port")
+    ex.add_argument("--no-torchscript", action="store_true", help="do not write the traced OUT.ts")
+    ex.add_argument("--check", action="store_true", help="evaluate the export on the run's test split and compare")
+    ex.set_defaults(func=_lazy("export", "cmd_export"))
+
+    ev = _command(sub, "eval", "top-1 and top-5 of a run's deployed model (or an exported model.pt) on a test split")
+    ev.add_argument("target", metavar="RUN_DIR|model.pt", help="a finished run directory or a kdgraph export")
+    ev.add_argument("--data", metavar="NAME", help="dataset to score on: digits, cifar10, cifar100, synthetic "
+                    "(default: the run's own data; required for a model.pt)")
+    ev.add_argument("--root", metavar="DIR", help="where the dataset lives (as data.root; default $KDGRAPH_DATA, "
+                    "else ./data)")
+    ev.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    ev.set_defaults(func=_lazy("evaluate", "cmd_eval"))
+
+    ca = _command(sub, "cache", "list or clear kdgraph's cache of trained dependency graphs (teachers)",
+                  epilog="the cache is $KDGRAPH_CACHE, else $XDG_CACHE_HOME/kdgraph, else ~/.cache/kdgraph; "
+                  "clear removes only what kdgraph wrote there")
+    ca.add_argument("action", choices=["list", "clear"], help="list: entries with sizes; clear: remove them")
+    ca.set_defaults(func=_lazy("cache", "cmd_cache"))
+
     sweep.register_cli(sub)
     report.register_cli(sub)
     _register_profile(sub)
+
+    for register in _extra_commands():
+        register(sub)
     return p
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from .export import cmd_export as export
-
-    return export(args)
+# modules of other commands that add themselves with register_cli(sub); imported only if present
+EXTRA_COMMAND_MODULES: tuple[str, ...] = ()
 
 
-def _register_export(sub: Any) -> None:
-    """``kdgraph export RUN_DIR -o model.pt`` (declared here: the export module imports torch)."""
-    p = sub.add_parser("export", help="export the deployed slice of a finished run as a standalone module")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (with final.pt)")
-    p.add_argument("-o", "--output", metavar="OUT.pt", help="output file (default RUN_DIR/model.pt)")
-    p.add_argument("--port", help="export this port instead of the graph's deploy port")
-    p.add_argument("--no-torchscript", action="store_true", help="do not write the traced OUT.ts")
-    p.add_argument("--check", action="store_true", help="evaluate the export on the run's test split and compare")
-    p.set_defaults(func=cmd_export)
+def _extra_commands() -> list[Any]:
+    found = []
+    for module_name in EXTRA_COMMAND_MODULES:
+        try:
+            module = __import__(f"kdgraph.{module_name}", fromlist=["register_cli"])
+        except ImportError:
+            continue
+        if hasattr(module, "register_cli"):
+            found.append(module.register_cli)
+    return found
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -335,7 +463,7 @@ def _register_profile(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps of each kind (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--stage", help="the stage to profile (default: the last)")
-    p.add_argument("--format", choices=["text", "markdown"], default="text")
+    p.add_argument("--format", choices=["text", "markdown"], default="text", help="table format (default text)")
     p.add_argument("-o", "--output", help="write the table to this file")
     p.set_defaults(func=cmd_profile)
 

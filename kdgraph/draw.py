@@ -195,15 +195,15 @@ def plan_for_drawing(spec: GraphSpec) -> tuple[Plan, dict[str, NodeFacts], dict[
     second and nothing is initialised, downloaded or loaded. An op that cannot be built on meta
     is retried once on the CPU.
     """
-    import torch
 
     from .data import data_info
     from .graph import DistillGraph
+    from .meta import weightless
 
     spec = _without_pretrained(spec)
     info = data_info(spec.data, spec.base_dir)
     try:
-        with torch.device("meta"):
+        with weightless():  # meta device, initialisers skipped (they would import torch._dynamo)
             graph = DistillGraph(spec, info)
     except Exception:  # e.g. an op that reads a value in __init__: retry for real, raising the real error
         graph = DistillGraph(spec, info)
@@ -745,8 +745,10 @@ def diagram_of(
 
 def cmd_draw(args: argparse.Namespace) -> int:
     from .args import split_args
+    from .cli import _with_preset
 
     files, overrides = split_args(args.items)
+    overrides = _with_preset(args, overrides)
     if len(files) != 1:
         raise DrawError("draw takes one graph file or run directory (and key=value overrides)")
     if (args.output is None) == (args.format is None):
@@ -761,15 +763,3 @@ def cmd_draw(args: argparse.Namespace) -> int:
     render(d, out)
     print(f"wrote {out}")
     return 0
-
-
-def register_cli(sub: Any) -> None:
-    """Add `kdgraph draw` to the CLI."""
-    p = sub.add_parser("draw", help="draw a graph file or a run as a diagram (SVG, PNG, PDF, DOT, Mermaid)")
-    p.add_argument("items", nargs="+", metavar="GRAPH|RUN_DIR|key=value", help="graph file or run directory, overrides")
-    p.add_argument("-o", "--output", help="output file; the format follows the suffix: .svg .png .pdf .dot .mmd")
-    p.add_argument("--format", choices=["dot", "mmd"], help="print the DOT or Mermaid source instead of writing a file")
-    p.add_argument("--stage", help="draw one stage only")
-    p.add_argument("--direction", choices=["LR", "TB", "RL", "BT"], default="LR", help="layout direction (default LR)")
-    p.add_argument("--no-legend", action="store_true", help="leave the legend out")
-    p.set_defaults(func=cmd_draw)

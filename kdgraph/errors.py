@@ -92,10 +92,18 @@ class NodeError(KDGraphError):
     """A node or a loss edge failed while running; names it (``node`` or ``edge``) and says what it received."""
 
     def __init__(
-        self, what: str, message: str, hint: str | None = None, *, node: str | None = None, edge: str | None = None
+        self,
+        what: str,
+        message: str,
+        hint: str | None = None,
+        *,
+        node: str | None = None,
+        edge: str | None = None,
+        key: str | None = None,
     ):
         self.what, self.message, self.hint = what, message, hint
         self.node, self.edge = node, edge
+        self.key = key  # the key of the node or edge at fault (an edge's `from`, a parameter), when known
         super().__init__(f"{what}: {message}" + (f" ({hint})" if hint else ""))
 
 
@@ -115,7 +123,12 @@ def did_you_mean(name: str, known: list[str] | tuple[str, ...] | set[str], n: in
     """A hint naming the closest known names, or None when nothing is close."""
     import difflib
 
-    close = difflib.get_close_matches(str(name), sorted(known), n=n, cutoff=0.6)
+    by_lower: dict[str, list[str]] = {}
+    for k in sorted(known):
+        by_lower.setdefault(str(k).lower(), []).append(k)
+    exact = by_lower.get(str(name).lower(), [])  # `ResNet8` -> 'resnet8': case first, then spelling
+    near = difflib.get_close_matches(str(name).lower(), sorted(by_lower), n=n, cutoff=0.6)
+    close = list(dict.fromkeys(exact + [k for low in near for k in by_lower[low]]))[:n]
     if not close:
         return None
     return "did you mean " + " or ".join(repr(c) for c in close) + "?"

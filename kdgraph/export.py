@@ -291,8 +291,12 @@ def _load_plugins(plugins: list, base_dir: Path) -> None:
         raise SpecError(problems)
 
 
-def load_exported(path: str | Path, map_location: str | torch.device = "cpu") -> DeployedModel:
-    """The module saved by ``kdgraph export``, in eval mode: ``forward(image)`` returns the deploy port."""
+def load_exported(path: str | Path, map_location: str | torch.device = "cpu", raw: bool = False) -> nn.Module:
+    """The module saved by ``kdgraph export``, in eval mode: ``forward(image)`` returns the deploy port.
+
+    ``forward`` takes images normalised as in training (``model.normalize``: mean, std); with ``raw=True``
+    it takes them as the dataset gives them, uint8 0..255 or floats in [0, 1] (``preprocess.RawImages``).
+    """
     if not Path(path).is_file():
         raise CheckpointError(f"cannot read exported model {str(path)!r}: no such file")
     record = load_weights(Path(path), f"exported model {str(path)!r}")  # data, never code
@@ -300,7 +304,12 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
         raise CheckpointError(f"{path} is not a kdgraph export (format {FORMAT})")
     model = build_deployed(record)
     model.load_state_dict(record["state_dict"])
-    return model.to(map_location) if str(map_location) != "cpu" else model
+    model = model.to(map_location) if str(map_location) != "cpu" else model
+    if raw:
+        from .preprocess import RawImages
+
+        return RawImages(model, **model.normalize).to(map_location).eval()
+    return model
 
 
 # ----------------------------------------------------------------------------- from a run

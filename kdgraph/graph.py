@@ -503,6 +503,10 @@ class DistillGraph(nn.Module):
                 _adapter_hint(edge, pred, target),
                 edge=edge.name,
             )
+        blamed = _blame_key(edge, pred, target, e, self.spec.doc.get("vars") or {})
+        if blamed:
+            message, hint, key = blamed
+            return NodeError(what, message, hint, edge=edge.name, key=key)
         shapes = f"[{edge.pred} {_shape(pred)}, {edge.target} {_shape(target)}]"
         return NodeError(what, f"{first_line(e)} {shapes}", edge=edge.name)
 
@@ -551,6 +555,29 @@ def _shapes_differ(a: Any, b: Any) -> bool:
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape == b.shape:
         return False
     return [d for d in a.shape[1:] if d != 1] != [d for d in b.shape[1:] if d != 1]
+
+
+def _blame_key(
+    edge: EdgeSpec, pred: Any, target: Any, e: BaseException, variables: dict
+) -> tuple[str, str, str] | None:
+    """(message, hint, key) when torch's message points at one key of the edge: a parameter or `from`."""
+    text = str(e)
+    bad = re.search(r"could not convert string to float: '(.*)'|invalid literal for int\(\) with base 10: '(.*)'", text)
+    if bad:
+        word = bad.group(1) or bad.group(2)
+        for key, value in edge.params.items():
+            if isinstance(value, str) and value == word:
+                source = [f"vars.{v}" for v, x in variables.items() if x == word]
+                where = f" (from {', '.join(source)})" if source else ""
+                return f"{key} = {value!r}{where} is not a number", "give a number, or vars that are numbers", key
+    wants_labels = isinstance(target, torch.Tensor) and target.is_floating_point() and target.dim() == 2
+    if wants_labels and edge.target != "data.label" and re.search(r"target|label|class", text, re.I):
+        return (
+            f"loss {edge.loss} takes class labels (N,) as its target, but {edge.target} is {_shape(target, 'N')}",
+            "from: data.label; to distil soft targets from logits use loss kd",
+            "from",
+        )
+    return None
 
 
 def _adapter_hint(edge: EdgeSpec, pred: torch.Tensor, target: torch.Tensor) -> str | None:

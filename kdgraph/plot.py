@@ -220,6 +220,9 @@ def make_figure(runs: list[RunCurves], x: str = "step", logy: bool = False):
                     )
         if logy and kind in ("total", "losses"):
             ax.set_yscale("log")
+        if kind == "top1":  # matplotlib's margin would draw an axis past 100 %
+            low, high = ax.get_ylim()
+            ax.set_ylim(max(low, 0.0), min(high, 100.0))
         if kind == "lr" and len(groups) > 1:
             styles = [
                 Line2D([], [], color="black", linestyle=LINESTYLES[j % len(LINESTYLES)]) for j in range(len(groups))
@@ -257,14 +260,3 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = plot_runs(args.runs, args.output, x=args.x, labels=args.label, logy=args.logy)
     print(f"wrote {out} ({len(args.runs)} run{'s' if len(args.runs) != 1 else ''})")
     return 0
-
-
-def register_cli(sub: Any) -> None:
-    """Add `kdgraph plot` to the CLI."""
-    p = sub.add_parser("plot", help="plot loss, lr and top-1 curves of one or more runs (matplotlib)")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several are overlaid")
-    p.add_argument("-o", "--output", required=True, help="image file: .png, .svg or .pdf")
-    p.add_argument("--x", choices=["step", "epoch"], default="step", help="x axis (default: optimizer steps)")
-    p.add_argument("--label", action="append", help="legend name of each run, in order (repeat per run)")
-    p.add_argument("--logy", action="store_true", help="log scale for the loss panels")
-    p.set_defaults(func=cmd_plot)

@@ -23,7 +23,9 @@ from kdgraph.check import check_graph
 from kdgraph.errors import KDGraphError
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = sorted((REPO / "graphs").rglob("*.yaml")) + [REPO / "tests" / "bad_graphs" / "32_override_unknown_key.yaml"]
+SOURCES = sorted(p for p in (REPO / "graphs").rglob("*.yaml") if p.parent.name != "presets") + [
+    REPO / "tests" / "bad_graphs" / "32_override_unknown_key.yaml"
+]
 NAMES = ["student.logits", "teacher.feat2", "data.label", "data.image", "cnn", "mlp", "kd", "ce", "mse", "mix"]
 ODD_TEXT = ["${", "${x}", "${1/0}", "${alpha * 2}", "}", "~", "+", "=", ".", "[0]", "nodes..x", "-1"]
 

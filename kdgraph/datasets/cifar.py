@@ -1,4 +1,4 @@
-"""CIFAR-10 and CIFAR-100 in the python pickle format of the official archives (downloaded when missing)."""
+"""CIFAR-10 and CIFAR-100 in the python pickle format of the official archives (downloaded only with data.download)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class Cifar100(DatasetSource):
         return DataInfo(100 if self.name == "cifar100" else 10, 3, 32, 50_000)
 
     def load(self, cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
-        return _cifar(self.name, data_root(cfg, base_dir), bool(cfg.get("download", True)))
+        return _cifar(self.name, data_root(cfg, base_dir), bool(cfg.get("download", False)))
 
 
 @register_dataset("cifar10")

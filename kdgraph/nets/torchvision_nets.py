@@ -1,7 +1,8 @@
 """Every torchvision classification model by name, as ``tv/<name>`` (``tv/resnet18``, ``tv/convnext_tiny``...).
 
 The list comes from ``torchvision.models.list_models(module=torchvision.models)``, so a new
-torchvision release brings its new models with it.
+torchvision release brings its new models with it. It is read once per torchvision version and kept
+in kdgraph's cache (``kdgraph/cache.py``): torchvision itself is imported only when a model is built.
 
 Design choice: these are the plain torchvision ``nn.Module`` objects (not ``PortNet``), so their
 state-dict keys and module paths are exactly torchvision's. The engine takes ``forward``'s output
@@ -18,6 +19,7 @@ Models that assert a fixed input size (ViT, MaxViT) need ``image_size``-compatib
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
 from collections.abc import Callable
@@ -25,12 +27,18 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
-from torchvision import models as tvm
 
+from ..cache import read_meta, write_meta
 from ..errors import CheckpointError
 from ..registry import register_net
+
+
+def _tvm() -> Any:
+    """torchvision.models, imported when a model is built (its import costs seconds: not for every start)."""
+    from torchvision import models
+
+    return models
 
 # why: without weights their train-mode forward returns a namedtuple with auxiliary logits, and they
 # warn about a changing default init; the weights path of torchvision already drops the aux heads
@@ -42,7 +50,7 @@ _NO_WEIGHTS_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def resolve_weights(name: str, weights: str) -> Any:
     """The torchvision weights enum member for ``weights`` (member name or ``Enum.MEMBER``)."""
-    enum = tvm.get_model_weights(name)
+    enum = _tvm().get_model_weights(name)
     member = weights.split(".")[-1]
     if member not in enum.__members__:
         known = ", ".join(enum.__members__)
@@ -113,6 +121,7 @@ def build_torchvision(
     name: str, num_classes: int = 100, in_channels: int = 3, weights: str | None = None, **kwargs: Any
 ) -> nn.Module:
     """Build torchvision's ``name``; see the module docstring for ``weights`` and the head."""
+    tvm = _tvm()
     if weights is None:
         model = tvm.get_model(name, weights=None, **{**_NO_WEIGHTS_DEFAULTS.get(name, {}), **kwargs},
                               num_classes=num_classes)
@@ -134,21 +143,39 @@ def build_torchvision(
     return model
 
 
-def _factory(name: str) -> Callable[..., nn.Module]:
+def _factory(name: str, offered: str, version: str) -> Callable[..., nn.Module]:
     def build(num_classes: int = 100, in_channels: int = 3, weights: str | None = None, **kwargs: Any) -> nn.Module:
         return build_torchvision(name, num_classes, in_channels, weights, **kwargs)
 
-    try:
-        offered = ", ".join(tvm.get_model_weights(name).__members__)
-    except Exception:  # a future model without an ImageNet weights enum still registers
-        offered = "none"
     build.__name__ = build.__qualname__ = f"tv_{name}"
     build.__doc__ = (
-        f"torchvision {name} {torchvision.__version__.split('+')[0]} (plain nn.Module; weights: {offered}).\n\n"
+        f"torchvision {name} {version} (plain nn.Module; weights: {offered}).\n\n"
         "Ports: logits only (taps by module path). ``weights`` loads from the torch hub cache only."
     )
     return build
 
 
-for _name in tvm.list_models(module=tvm):
-    register_net(f"tv/{_name}")(_factory(_name))
+def catalogue() -> tuple[str, dict[str, str]]:
+    """torchvision's version and {model: weights offered}, read from the cache once written for that version."""
+    try:
+        version = importlib.metadata.version("torchvision").split("+")[0]
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    name = f"torchvision-{version}-models.json"
+    known = read_meta(name)
+    if isinstance(known, dict) and known:
+        return version, known
+    tvm = _tvm()
+    models: dict[str, str] = {}
+    for model in tvm.list_models(module=tvm):
+        try:
+            models[model] = ", ".join(tvm.get_model_weights(model).__members__)
+        except Exception:  # a future model without an ImageNet weights enum still registers
+            models[model] = "none"
+    write_meta(name, models)
+    return version, models
+
+
+_VERSION, _MODELS = catalogue()
+for _name, _offered in _MODELS.items():
+    register_net(f"tv/{_name}")(_factory(_name, _offered, _VERSION))

@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from scipy.optimize import linear_sum_assignment
 
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of, first_info
@@ -138,6 +137,8 @@ class ChannelMatch(Op):
         """Student channel j <- teacher channel perm[j], from the consistency matrix m (c_t x c_s)."""
         if self.method == "greedy":
             return m.argmax(dim=0)
+        from scipy.optimize import linear_sum_assignment  # here: scipy costs a second to import
+
         rows, cols = linear_sum_assignment(m.numpy(), maximize=True)
         perm = torch.empty(self.c_s, dtype=torch.long)
         perm[torch.as_tensor(cols)] = torch.as_tensor(rows)

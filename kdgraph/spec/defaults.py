@@ -23,11 +23,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "on_nan": "stop",
     "grad_clip": None,
     "progress": True,
+    "log_with": [],
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "dataset": "synthetic",
     "root": None,
-    "download": True,
+    "download": False,  # a missing dataset is an error, never a silent multi-minute download
     "batch_size": 64,
     "eval_batch_size": None,
     "workers": 2,

@@ -15,6 +15,7 @@ import yaml
 
 from .. import yaml12
 from ..errors import Problem, SpecError, did_you_mean
+from ..presets import apply_named_preset
 from .defaults import DATA_DEFAULTS, TRAIN_DEFAULTS
 
 if TYPE_CHECKING:
@@ -114,6 +115,9 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
                 )
             )
             continue
+        if path == ("preset",) and mode == "set":  # `--preset NAME`: a whole small-run rewrite, see presets.py
+            problems += apply_named_preset(doc, value, locator.default_file)
+            continue
         parent: Any = doc
         ok = True
         for i, part in enumerate(path[:-1]):
@@ -185,6 +189,8 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         if mode == "remove":
             del parent[last]
             continue
+        if path == ("data", "root") and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            value = str(Path.cwd() / value)  # a path typed on the command line is relative to where it was typed
         if isinstance(parent, list):
             if last == len(parent):
                 parent.append(value)

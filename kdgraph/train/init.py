@@ -1,20 +1,21 @@
 """Init actions (checkpoint, another graph, an earlier stage, a snapshot, a seed), dependency graphs and their cache.
 
-``init: {from: GRAPH.yaml, overrides: [...]}`` trains that graph first, in ``$KDGRAPH_CACHE`` (default
-runs/cache) under the hash of its resolved spec, or reuses its final weights when they are there; what
-it receives (forwarded data overrides, the caller's, its own) is resolved and printed by kdgraph/deps.py.
+``init: {from: GRAPH.yaml, overrides: [...]}`` trains that graph first, in kdgraph's cache
+(``kdgraph/cache.py``: ``$KDGRAPH_CACHE``, default ``~/.cache/kdgraph``) under the hash of its resolved
+spec, or reuses its final weights when they are there; what it receives (forwarded data and preset
+overrides, the caller's, its own) is resolved and printed by kdgraph/deps.py.
 ``init: {seed: N}`` re-initialises the node as a fresh build under seed N (kdgraph/reinit.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
+from ..cache import CACHE_ENV, cache_root
 from ..checkpoint import has_checkpoint
+from ..console import plural
 from ..data import Loader
 from ..deps import load_dependency
 from ..errors import CheckpointError
@@ -24,11 +25,7 @@ from ..reinit import reinitialise
 from ..run_guard import run_lock
 from ..safe_load import load_final_graph
 
-CACHE_ENV = "KDGRAPH_CACHE"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.cwd() / "runs" / "cache"))
+__all__ = ["CACHE_ENV", "InitActions", "cache_root"]
 
 
 class InitActions:
@@ -67,7 +64,11 @@ class InitActions:
         sub = {k[len(prefix) :]: v for k, v in graph_state.items() if k.startswith(prefix)}
         if not sub:
             raise CheckpointError(f"{where} has no node {source_node!r} to initialise {name!r} from")
-        result = self.graph.nodes[name].load_state_dict(sub, strict=False)
+        try:
+            result = self.graph.nodes[name].load_state_dict(sub, strict=False)
+        except RuntimeError as e:  # shapes differ: one line, not torch's page (validate finds it earlier)
+            why = str(e).strip().splitlines()[-1].strip()
+            raise CheckpointError(f"node {name!r} does not fit {source_node!r} of {where}: {why}") from None
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
                 f"node {name!r} does not fit {source_node!r} of {where}: missing "
@@ -96,7 +97,7 @@ class InitActions:
                 child,
                 folder,
                 accelerator=self.accelerator,
-                log=self.log,
+                log=self.log.nested(child.name),
                 resume=resume,
                 init_overrides=self.init_overrides,
                 locked=True,
@@ -110,7 +111,7 @@ class InitActions:
         """Init actions, the snapshot of the stage's starting weights, and the data fits."""
         self.log(
             f"stage {stage_plan.name}: trains {', '.join(stage_plan.trainable) or 'nothing'}"
-            f" for {spec_stage.epochs} epochs"
+            f" for {plural(spec_stage.epochs, 'epoch')}"
         )
         if stage_plan.index == 0:
             for name, node in self.spec.nodes.items():

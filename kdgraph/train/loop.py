@@ -21,6 +21,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..augment import make_views
 from ..check import CheckedGraph, check_spec
+from ..console import Console, as_console
 from ..data import Dataset, Loader, load_dataset, make_loaders, normalization_of
 from ..errors import DataError, RunError
 from ..peak_memory import peak_memory_mb
@@ -28,6 +29,7 @@ from ..plan import StagePlan
 from ..rng import set_rng_state
 from ..run_guard import run_lock
 from ..spec import GraphSpec
+from ..trackers import accelerator_kwargs, run_config
 from .cache import attach_output_caches
 from .init import InitActions
 from .optim import build_optimizer, group_lr
@@ -84,7 +86,7 @@ class StageRun:
     log_every: int
     ckpt_every: int
     skip_nan: bool
-    bar: Any = None  # the progress bar, on the main process
+    bar: Any = None  # this epoch's progress (console.py: a bar on a terminal, plain lines otherwise)
     window_start: float = 0.0  # when the current logging window began (throughput)
     images: int = 0  # images seen in the current logging window, over all processes
 
@@ -115,13 +117,15 @@ class Trainer(RunFiles, InitActions):
             self.checked, self.spec = self.spec, self.spec.spec
         self.run_dir = Path(self.run_dir)
         precision = self.spec.train["precision"]
+        self.tracking = False  # only the run that made its Accelerator logs to trackers (not a dependency)
         if self.accelerator is None:
             mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-            self.accelerator = Accelerator(cpu=use_cpu(), mixed_precision=mp)
+            trackers = accelerator_kwargs(self.spec, self.run_dir)
+            self.accelerator = Accelerator(cpu=use_cpu(), mixed_precision=mp, **trackers)
+            self.tracking = bool(trackers)
         self.device = self.accelerator.device
         self.main = self.accelerator.is_main_process
-        if not self.main:  # one process speaks for the run
-            self.log = _silent
+        self.log = as_console(self.log) if self.main else Console(quiet=True)  # one process speaks for the run
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.best: dict[str, float] = {}  # of the current stage
         self.last_eval: dict[str, dict[str, float]] = {}
@@ -196,6 +200,8 @@ class Trainer(RunFiles, InitActions):
                 finally:
                     self.locked = False
         self._prepare()
+        if self.tracking:
+            self.accelerator.init_trackers(self.spec.name, config=run_config(self.spec))
         resumed_state: dict[str, Any] | None = None
         if self.resume and not ckpt.has_checkpoint(self.run_dir / "checkpoints"):
             self.log(f"{self.run_dir} stopped before its first checkpoint: starting it from the beginning")
@@ -222,7 +228,7 @@ class Trainer(RunFiles, InitActions):
         """One stage: setup -> epochs of steps -> end. Everything else is behind the named calls."""
         run = self._setup_stage(pos, resumed)  # loaders, init actions and fits, optimizer, the prepared model
         while pos.epoch <= run.epochs:
-            self._start_epoch(run, pos.epoch)  # this epoch's lr and scheduled loss weights
+            self._start_epoch(run, pos.epoch, pos.batch)  # this epoch's lr, scheduled loss weights, progress
             for batch in run.train_loader.epoch(pos.epoch, run.stage.index, pos.batch):
                 self._train_step(run, batch, pos)  # forward, backward, update (on_nan: skip may skip it)
                 self._after_step(run, pos, flag)  # NaN check, log, checkpoint, signals: at boundaries only
@@ -281,16 +287,16 @@ class Trainer(RunFiles, InitActions):
             log_every=log_every,
             ckpt_every=int(cfg["checkpoint_every"]),
             skip_nan=cfg["on_nan"] == "skip",
-            bar=self._bar(len(train_loader) * (spec_stage.epochs - pos.epoch + 1) - pos.batch, stage.name),
         )
 
-    def _start_epoch(self, run: StageRun, epoch: int) -> None:
+    def _start_epoch(self, run: StageRun, epoch: int, start: int = 0) -> None:
         for group in run.optimizer.param_groups:
             group["lr"] = group_lr(group["base_lr"], run.cfg["lr_schedule"], epoch, run.epochs)
         self.graph.set_epoch(epoch)
         weights = self.graph.loss_weights()
         run.meter.weights = [weights[n] for n in run.names]  # the NaN check recomputes the weighted total
         run.window_start, run.images = time.perf_counter(), 0
+        run.bar = self._bar(run.stage.name, epoch, run.epochs, run.train_loader, start)
 
     def _train_step(self, run: StageRun, batch: Any, pos: Position) -> None:
         # the hot loop: no host synchronisation (metrics and NaN checks wait for the boundaries)
@@ -304,8 +310,7 @@ class Trainer(RunFiles, InitActions):
         pos.batch += 1
         pos.step += 1
         run.images += len(batch.label) * self.accelerator.num_processes
-        if run.bar is not None:
-            run.bar.update(1)
+        run.bar.update(len(batch.label) * self.accelerator.num_processes)
 
     def _after_step(self, run: StageRun, pos: Position, flag: dict[str, int]) -> None:
         boundary = pos.step % run.log_every == 0 or pos.batch == len(run.train_loader)
@@ -331,11 +336,13 @@ class Trainer(RunFiles, InitActions):
     def _log_window(self, run: StageRun, pos: Position) -> None:
         means, _ = run.meter.read(self.accelerator)  # the one read-back (and cross-process mean) per window
         now = time.perf_counter()
-        self._log_train(run.stage, pos, run.names, means, run.optimizer, run.images / (now - run.window_start))
+        rate = run.images / (now - run.window_start)
+        run.bar.show(self._log_train(run.stage, pos, run.names, means, run.optimizer, rate), rate)
         run.meter.start(pos.step + 1)
         run.window_start, run.images = now, 0
 
     def _end_epoch(self, run: StageRun, pos: Position) -> None:
+        run.close_bar()
         epoch = pos.epoch
         if epoch % int(run.cfg["eval_every"]) == 0 or epoch == run.epochs:
             result = self.evaluate(run.test_loader)
@@ -356,12 +363,12 @@ class Trainer(RunFiles, InitActions):
             self._save_side("stage_ends", stage.name, end)
         acc.free_memory()
 
-    def _bar(self, total: int, name: str):
-        if not (self.main and self.spec.train["progress"]):
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=max(total, 0), desc=f"{self.spec.name}/{name}", leave=False, disable=None, dynamic_ncols=True)
+    def _bar(self, stage: str, epoch: int, epochs: int, loader: Loader, start: int):
+        """This epoch's progress (a bar on a terminal, plain lines otherwise; see console.py)."""
+        quiet = not (self.main and self.spec.train["progress"])
+        log = Console(quiet=True) if quiet else self.log
+        images = (len(loader) - start) * int(self.spec.data["batch_size"])  # the global batch
+        return log.epoch_bar(f"{self.spec.name}/{stage}", epoch, epochs, images)
 
     def _check_finite(self, first_bad: list[int], names: list[str], skip: bool) -> None:
         """Stop at the first NaN/Inf loss, naming its edge and step; no checkpoint has seen it yet."""
@@ -393,7 +400,7 @@ class Trainer(RunFiles, InitActions):
         means: list[float],
         optimizer,
         images_per_s: float,
-    ) -> None:
+    ) -> float:
         weights = self.graph.loss_weights()
         record = {
             "kind": "train",
@@ -407,6 +414,7 @@ class Trainer(RunFiles, InitActions):
             "peak_memory_mb": peak_memory_mb(self.device),
         }
         self._write_metrics(record)
+        return record["loss"]
 
     def _record_eval(self, stage: StagePlan, epoch: int, step: int, result: dict[str, dict[str, float]]) -> None:
         for port, top1 in result["top1"].items():
@@ -445,15 +453,13 @@ class Trainer(RunFiles, InitActions):
             )
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.accelerator.wait_for_everyone()  # final.pt exists for every process (a cached dependency)
+        if self.tracking:
+            self.accelerator.end_training()
         return summary
 
 
 def _shape_of(value: Any) -> str:
     return f"shaped {tuple(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
-
-
-def _silent(*_args: Any, **_kwargs: Any) -> None:
-    pass
 
 
 def _summarise(names: list[str], shown: int = 4) -> str:

@@ -25,6 +25,7 @@ from ..rng import rng_state
 from ..run_guard import RUN_ENTRIES, clear_run, write_marker
 from ..safe_load import load_weights
 from ..spec import GraphSpec, dump_resolved
+from ..trackers import scalars
 
 RUN_FILES = RUN_ENTRIES  # every entry a run writes (run_guard: --force removes only these)
 
@@ -138,6 +139,8 @@ class RunFiles:
             except OSError as e:  # the checkpoint names how many lines are good: a torn line is cut on resume
                 why = e.strerror or e
                 raise RunError(f"could not write {self.metrics_path} ({why}); the last checkpoint is kept") from None
+        if getattr(self, "tracking", False):  # train.log_with: the same record to the trackers
+            self.accelerator.log(scalars(record), step=record["step"])
 
     def _metrics_lines(self) -> int:
         """Lines of metrics.jsonl, made durable first: the checkpoint about to name them must find them."""
