@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -17,3 +18,9 @@ def split_args(items: list[str]) -> tuple[list[str], list[str]]:
         is_override = "=" in item or item.startswith(("~", "+")) or (files and not looks_like_file)
         (overrides if is_override else files).append(item)
     return files, overrides
+
+
+def with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """`--preset NAME` is the override `preset=NAME` placed first, so the other overrides win (presets.py)."""
+    preset = getattr(args, "preset", None)
+    return ([f"preset={preset}"] if preset else []) + overrides

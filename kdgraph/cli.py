@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from . import report, sweep  # torch-free modules that declare their own commands
-from .args import split_args
+from .args import split_args, with_preset
 from .errors import KDGraphError, SpecError
 from .last_resort import positive_int, unexpected_error_line
-
-
-def _with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:
-    """`--preset NAME` is the override `preset=NAME` placed first, so the other overrides win (presets.py)."""
-    preset = getattr(args, "preset", None)
-    return ([f"preset={preset}"] if preset else []) + overrides
 
 
 def _graph_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -35,7 +29,7 @@ def _graph_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         from .pairs import with_pair
 
         pair = with_pair(files, [], args.pair)
-    return files, pair + _with_preset(args, overrides)
+    return files, pair + with_preset(args, overrides)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -429,25 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.register_cli(sub)
     _register_profile(sub)
 
-    for register in _extra_commands():
-        register(sub)
     return p
-
-
-# modules of other commands that add themselves with register_cli(sub); imported only if present
-EXTRA_COMMAND_MODULES: tuple[str, ...] = ()
-
-
-def _extra_commands() -> list[Any]:
-    found = []
-    for module_name in EXTRA_COMMAND_MODULES:
-        try:
-            module = __import__(f"kdgraph.{module_name}", fromlist=["register_cli"])
-        except ImportError:
-            continue
-        if hasattr(module, "register_cli"):
-            found.append(module.register_cli)
-    return found
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

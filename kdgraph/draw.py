@@ -744,11 +744,10 @@ def diagram_of(
 
 
 def cmd_draw(args: argparse.Namespace) -> int:
-    from .args import split_args
-    from .cli import _with_preset
+    from .args import split_args, with_preset
 
     files, overrides = split_args(args.items)
-    overrides = _with_preset(args, overrides)
+    overrides = with_preset(args, overrides)
     if len(files) != 1:
         raise DrawError("draw takes one graph file or run directory (and key=value overrides)")
     if (args.output is None) == (args.format is None):
