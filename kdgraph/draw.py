@@ -64,7 +64,7 @@ class DEdge:
 
     src: str
     dst: str
-    kind: str  # "flow", "loss", "param", "ref" or "deploy"
+    kind: str  # "flow", "loss", "param", "ref", "deploy" or "order" (invisible: stage i before stage i + 1)
     label: str = ""
     grad: bool = False  # gradient flows back along it (flow, param) / into the learner (loss)
     both: bool = False  # loss only: gradient also flows into the source (detach: false)
@@ -338,6 +338,7 @@ def build_diagram(
     drawn = {s.name: (_stage_nodes(spec, s, refs) if staged else list(spec.nodes)) for s in stages}
     target = node_of(spec.deploy) if spec.deploy else None
     deploy_stage = next((s for s in reversed(stages) if target in drawn[s.name]), None)
+    last: str | None = None  # the previous stage's last node: its cluster is laid out before this one
     for s in stages:
         prefix = f"s{s.index}_" if clustered else "n_"
         group = f"stage_{s.index}" if clustered else None
@@ -346,7 +347,12 @@ def build_diagram(
             d.groups.append(DGroup(group, f"stage {s.name} · {epochs} epoch{'s' if epochs != 1 else ''}"))
         deploy = set(plan.deploy_nodes) if s is deploy_stage else set()
         deploy |= {r for n in deploy for r in refs.get(n, {}).values()}
+        first = len(d.nodes)
         _add_stage(d, spec, s, facts, refs, drawn[s.name], prefix, group, deploy, results)
+        if clustered and last is not None and len(d.nodes) > first:
+            d.edges.append(DEdge(last, d.nodes[first].id, "order"))
+        if clustered and len(d.nodes) > first:
+            last = d.nodes[-1].id
         if s is deploy_stage:
             d.nodes.append(DNode("deploy", "deploy", ["deploy", spec.deploy], "plain", True))
             d.edges.append(DEdge(prefix + target, "deploy", "deploy", port_of(spec.deploy), deploy=True))
@@ -542,6 +548,8 @@ def _dot_node(n: DNode) -> str:
 
 
 def _dot_edge(e: DEdge) -> str:
+    if e.kind == "order":  # ranks the next stage's cluster after this one's, in either direction
+        return f"  {_dot_str(e.src)} -> {_dot_str(e.dst)} [style=invis, weight=10];"
     attrs: dict[str, Any] = {}
     if e.label:
         attrs["label"] = e.label
@@ -670,6 +678,10 @@ def to_mermaid(d: Diagram) -> str:
             if anchor:
                 out.append(f"  {anchor} ~~~ legend")
                 link += 1
+        if e.kind == "order":  # an invisible link: the next stage is laid out after this one
+            out.append(f"  {e.src} ~~~ {e.dst}")
+            link += 1
+            continue
         label = "|" + '"' + _mmd_text(e.label).replace("\n", "<br/>") + '"' + "|" if e.label else ""
         out.append(f"  {e.src} {_mmd_arrow(e)}{label} {e.dst}")
         style = _mmd_link_style(e)

@@ -272,6 +272,18 @@ def test_stages_are_clusters_with_their_own_losses_and_states(tmp_path: Path) ->
     assert "s1_match <-.->" in mmd and 'title: "Rich: \\"quoted\\" <b> #1 | x"' in mmd
 
 
+def test_stages_are_laid_out_in_order_in_both_directions(tmp_path: Path) -> None:
+    d = diagram_of(write(tmp_path, "rich.yaml", RICH))
+    (order,) = [e for e in d.edges if e.kind == "order"]  # the warm stage's last node before match's first
+    stage_of = {n.id: n.group for n in d.nodes}
+    assert (stage_of[order.src], stage_of[order.dst]) == ("stage_0", "stage_1")
+    assert order.dst == next(n.id for n in d.nodes if n.group == "stage_1")
+    assert f'"{order.src}" -> "{order.dst}" [style=invis' in to_dot(d)
+    assert f"{order.src} ~~~ {order.dst}" in to_mermaid(d)
+    tb = diagram_of(write(tmp_path, "rich.yaml", RICH), direction="TB")
+    assert [(e.src, e.dst) for e in tb.edges if e.kind == "order"] == [(order.src, order.dst)]
+
+
 def test_one_stage_only(tmp_path: Path) -> None:
     d = diagram_of(write(tmp_path, "rich.yaml", RICH), stage="match", legend=False)
     assert not d.groups and d.title.endswith("(stage match)")
@@ -395,7 +407,8 @@ def test_graphviz_renders_every_graph_to_svg(tmp_path: Path) -> None:
             if title is not None:
                 titles.setdefault(g.get("class"), []).append(title.text)
         assert set(titles["node"]) == {n.id for n in d.nodes}, path
-        assert len(titles["edge"]) == len(d.edges), path
+        drawn = [e for e in d.edges if e.kind != "order"]  # the stage-order links are invisible: not drawn
+        assert len(titles["edge"]) == len(drawn), path
         text = " ".join(t.text or "" for t in svg.iterfind(".//s:text", ns))
         for e in loss_edges(d):
             assert e.label.split("\n")[0] in text, (path, e.label)
