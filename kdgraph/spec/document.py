@@ -105,14 +105,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             value = yaml12.parse_value(raw) if raw is not None else None
         except (yaml.YAMLError, SpecError):
             problems.append(
-                Problem(
-                    format_path(path),
-                    f"{where}: value is not valid YAML",
-                    file="<command line>",
-                    kind="override",
-                    where=tuple(path),
-                    hint="quote it",
-                )
+                _override_problem(path, f"{where}: value is not valid YAML", "quote it")
             )
             continue
         if path == ("preset",) and mode == "set":  # `--preset NAME`: a whole small-run rewrite, see presets.py
@@ -127,14 +120,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             if child is _MISSING:
                 hint = _key_hint(parent, part)
                 problems.append(
-                    Problem(
-                        format_path(path[: i + 1]),
-                        f"{where}: no such key",
-                        file="<command line>",
-                        kind="override",
-                        where=tuple(path[: i + 1]),
-                        hint=hint,
-                    )
+                    _override_problem(path[: i + 1], f"{where}: no such key", hint)
                 )
                 ok = False
                 break
@@ -152,38 +138,17 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
                 f"use +{key}=... to add a new key"
             )
             problems.append(
-                Problem(
-                    format_path(path),
-                    f"{where}: no such key",
-                    file="<command line>",
-                    kind="override",
-                    where=tuple(path),
-                    hint=hint,
-                )
+                _override_problem(path, f"{where}: no such key", hint)
             )
             continue
         if mode == "add" and exists:
             problems.append(
-                Problem(
-                    format_path(path),
-                    f"{where}: key already exists",
-                    file="<command line>",
-                    kind="override",
-                    where=tuple(path),
-                    hint=f"use {key}=... to change it",
-                )
+                _override_problem(path, f"{where}: key already exists", f"use {key}=... to change it")
             )
             continue
         if mode == "remove" and not exists:
             problems.append(
-                Problem(
-                    format_path(path),
-                    f"{where}: no such key to remove",
-                    file="<command line>",
-                    kind="override",
-                    where=tuple(path),
-                    hint=_key_hint(parent, last),
-                )
+                _override_problem(path, f"{where}: no such key to remove", _key_hint(parent, last))
             )
             continue
         if mode == "remove":
@@ -200,13 +165,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             parent[last] = value
         else:
             problems.append(
-                Problem(
-                    format_path(path[:-1]),
-                    f"{where}: not a mapping or list",
-                    file="<command line>",
-                    kind="override",
-                    where=tuple(path[:-1]),
-                )
+                _override_problem(path[:-1], f"{where}: not a mapping or list")
             )
             continue
         for p in [p for p in locator.origins if p[: len(path)] == path]:
@@ -269,3 +228,8 @@ def dump_resolved(spec: GraphSpec) -> str:
     data = {k: v for k, v in spec.data.items() if k not in synthetic_only and v is not None}  # None: unset
     doc = {k: (data if k == "data" else v) for k, v in spec.doc.items()}
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=110)
+
+
+def _override_problem(path: Path_, message: str, hint: str | None = None) -> Problem:
+    """A problem of a command-line override at `path` (no line: it is not in the file)."""
+    return Problem(format_path(path), message, file="<command line>", kind="override", where=tuple(path), hint=hint)
