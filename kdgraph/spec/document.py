@@ -104,9 +104,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         try:
             value = yaml12.parse_value(raw) if raw is not None else None
         except (yaml.YAMLError, SpecError):
-            problems.append(
-                _override_problem(path, f"{where}: value is not valid YAML", "quote it")
-            )
+            problems.append(_override_problem(path, f"{where}: value is not valid YAML", "quote it"))
             continue
         if path == ("preset",) and mode == "set":  # `--preset NAME`: a whole small-run rewrite, see presets.py
             problems += apply_named_preset(doc, value, locator.default_file)
@@ -119,9 +117,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
                 child = parent[part] = {}  # ++ creates the mappings on its way
             if child is _MISSING:
                 hint = _key_hint(parent, part)
-                problems.append(
-                    _override_problem(path[: i + 1], f"{where}: no such key", hint)
-                )
+                problems.append(_override_problem(path[: i + 1], f"{where}: no such key", hint))
                 ok = False
                 break
             parent = child
@@ -137,19 +133,13 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             hint = (did_you_mean(str(last), sorted({str(k) for k in known})) if known else _key_hint(parent, last)) or (
                 f"use +{key}=... to add a new key"
             )
-            problems.append(
-                _override_problem(path, f"{where}: no such key", hint)
-            )
+            problems.append(_override_problem(path, f"{where}: no such key", hint))
             continue
         if mode == "add" and exists:
-            problems.append(
-                _override_problem(path, f"{where}: key already exists", f"use {key}=... to change it")
-            )
+            problems.append(_override_problem(path, f"{where}: key already exists", f"use {key}=... to change it"))
             continue
         if mode == "remove" and not exists:
-            problems.append(
-                _override_problem(path, f"{where}: no such key to remove", _key_hint(parent, last))
-            )
+            problems.append(_override_problem(path, f"{where}: no such key to remove", _key_hint(parent, last)))
             continue
         if mode == "remove":
             del parent[last]
@@ -164,9 +154,7 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         elif isinstance(parent, dict):
             parent[last] = value
         else:
-            problems.append(
-                _override_problem(path[:-1], f"{where}: not a mapping or list")
-            )
+            problems.append(_override_problem(path[:-1], f"{where}: not a mapping or list"))
             continue
         for p in [p for p in locator.origins if p[: len(path)] == path]:
             del locator.origins[p]
