@@ -6,7 +6,8 @@
 
 One folder for every working directory, so a teacher trained once is reused from anywhere. Inside:
 ``<graph name>-<spec hash>/`` per trained dependency (a run directory: run.json, final.pt, ...) and
-``meta/`` (the torchvision model catalogue, parameter counts). ``kdgraph cache list`` shows them;
+``meta/`` (the torchvision model catalogue, parameter counts) and ``outputs/<key>/`` (train.cache's stores
+of frozen teachers' outputs, each with its ``cache.json``). ``kdgraph cache list`` shows them;
 ``kdgraph cache clear`` removes only these entries, never a file kdgraph did not write.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 CACHE_ENV = "KDGRAPH_CACHE"
 META = "meta"
+OUTPUTS = "outputs"  # train.cache's file stores (kdgraph/output_cache.py)
 RUN_MARKERS = ("run.json", "final.pt", "checkpoints")
 
 
@@ -68,6 +70,11 @@ def entries() -> list[dict[str, Any]]:
         if child.is_dir() and not child.is_symlink() and any((child / m).exists() for m in RUN_MARKERS):
             done = (child / "final.pt").exists()
             found.append({"path": child, "kind": "graph" if done else "graph (unfinished)", "bytes": _size(child)})
+    outputs = root / OUTPUTS
+    if outputs.is_dir():
+        for child in sorted(outputs.iterdir()):
+            if child.is_dir() and not child.is_symlink() and (child / "cache.json").exists():
+                found.append({"path": child, "kind": "teacher outputs", "bytes": _size(child)})
     meta = root / META
     if meta.is_dir():
         for f in sorted(meta.glob("*.json")):
@@ -94,7 +101,7 @@ def cmd_cache(args: Any) -> int:
         return 0
     for e in found:  # clear: only entries kdgraph wrote (see entries())
         shutil.rmtree(e["path"]) if e["path"].is_dir() else e["path"].unlink()
-    for folder in (root / META, root):
+    for folder in (root / META, root / OUTPUTS, root):
         try:
             folder.rmdir()  # only when empty: something else in it stays
         except OSError:

@@ -36,3 +36,19 @@ def test_clear_removes_only_what_kdgraph_wrote(tmp_path: Path, capsys: pytest.Ca
     assert main(["cache", "clear"]) == 0
     assert sorted(p.name for p in root.iterdir()) == ["keep.txt", "mine"]
     assert (root / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_teacher_output_stores_are_entries_and_other_files_there_stay(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from kdgraph.output_cache import OutputCache, PortLayout
+
+    root = cache_root()
+    OutputCache({"t.logits": PortLayout((3,), torch.float32)}, 4, 2, folder=root / "outputs" / "k1")  # train.cache
+    (root / "outputs" / "notes").mkdir(parents=True)
+    (root / "outputs" / "notes" / "mine.txt").write_text("keep")
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher outputs" in out and "k1" in out and "notes" not in out and "1 entry" in out
+    assert main(["cache", "clear"]) == 0
+    assert [p.name for p in (root / "outputs").iterdir()] == ["notes"]

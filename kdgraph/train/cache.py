@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..cache import OUTPUTS, cache_root
 from ..data import TensorLoader, crop_flip
 from ..output_cache import OutputCache, PortLayout, cache_key, human_bytes, variants_of, weights_hash
 from ..plan import StagePlan, cacheable
-from .init import cache_root
 
 if TYPE_CHECKING:
     from ..graph import DistillGraph
@@ -89,7 +89,7 @@ def _cache_for(
         "torch": torch.__version__.split("+")[0],
         "device": device.type,
     }
-    folder = cache_root() / "outputs" / cache_key(facts) if cfg["cache"] in ("file", "auto") else None
+    folder = cache_root() / OUTPUTS / cache_key(facts) if cfg["cache"] in ("file", "auto") else None
     where = device if folder is None else "cpu"
     return OutputCache(layouts, len(split), variants, device=where, folder=folder)
 
