@@ -19,6 +19,15 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KDGRAPH_DATA", str(tmp_path / "data"))
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (bitwise comparisons of runs, less contention), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # overrides that turn any CIFAR graph into a seconds-long smoke run on synthetic data
 SMOKE = [
     "++data.dataset=synthetic",

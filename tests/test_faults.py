@@ -38,11 +38,8 @@ deploy: student.logits
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread: None) -> None:
+    """Runs compared bitwise use one thread (conftest.one_thread)."""
 
 
 @pytest.fixture

@@ -14,13 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-
-from kdgraph.spec import load_spec
-from kdgraph.train import Trainer
 
 from .conftest import REPO
-from .test_multiprocess import GRAPH, _torchrun
+from .test_multiprocess import GRAPH, _torchrun, assert_trains_like_one_process
 
 
 def _free_port() -> int:
@@ -64,13 +60,4 @@ def test_two_nodes_train_like_one_with_the_global_batch(tmp_path: Path) -> None:
     info = json.loads((out / "run.json").read_text())
     assert info["distributed_type"] == "MULTI_CPU" and info["processes"] == 2
 
-    one = tmp_path / "one"
-    Trainer(load_spec(graph), one, log=lambda *_: None).run()
-    a = torch.load(out / "final.pt", weights_only=True)["graph"]
-    b = torch.load(one / "final.pt", weights_only=True)["graph"]
-    assert a.keys() == b.keys()
-    moved = 0
-    for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-5, atol=1e-6), key
-        moved += key.startswith("nodes.student.")
-    assert moved
+    assert_trains_like_one_process(graph, out, tmp_path / "one")

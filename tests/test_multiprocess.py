@@ -102,13 +102,15 @@ def test_two_processes_train_like_one_with_the_global_batch(tmp_path: Path) -> N
         record = json.loads((tmp_path / f"ddp-{rank}.json").read_text())
         assert record == [{"find_unused_parameters": False}]
 
-    # the same graph, one process, the same global batch
-    one = tmp_path / "one"
-    single = Trainer(load_spec(graph), one, log=lambda *_: None)
-    single.run()
+    assert_trains_like_one_process(graph, two, tmp_path / "one")
+
+
+def assert_trains_like_one_process(graph: Path, many: Path, one: Path) -> None:
+    """The run `many` (several processes) ends with the weights and logged losses of one process on `graph`."""
+    Trainer(load_spec(graph), one, log=lambda *_: None).run()
     assert json.loads((one / "run.json").read_text())["distributed_type"] == "NO"
 
-    a = torch.load(two / "final.pt", weights_only=True)["graph"]
+    a = torch.load(many / "final.pt", weights_only=True)["graph"]
     b = torch.load(one / "final.pt", weights_only=True)["graph"]
     assert a.keys() == b.keys()
     moved = 0
@@ -123,6 +125,6 @@ def test_two_processes_train_like_one_with_the_global_batch(tmp_path: Path) -> N
         lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return [r["losses"] for r in lines if r["kind"] == "train"]
 
-    for x, y in zip(train_losses(two), train_losses(one), strict=True):
+    for x, y in zip(train_losses(many), train_losses(one), strict=True):
         assert x.keys() == y.keys()
         assert all(abs(x[k] - y[k]) <= 1e-5 * max(1.0, abs(y[k])) for k in x), (x, y)
