@@ -15,7 +15,16 @@ import time
 from pathlib import Path
 
 BEGIN, END = "<!-- gpu-check -->", "<!-- /gpu-check -->"
-PARTS = ("tests", "overhead_64", "overhead_512", "throughput_64", "throughput_512", "throughput_compile")
+PARTS = (
+    "tests",
+    "overhead_64",
+    "overhead_512",
+    "throughput_64",
+    "throughput_512",
+    "throughput_fuse",
+    "fused_peers",
+    "throughput_compile",
+)
 
 
 def _read(out: Path, name: str) -> str:

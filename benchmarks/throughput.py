@@ -23,6 +23,8 @@ Configurations (each changes one thing from ``base``, except ``fast``):
     fast           bf16 + channels_last + compile
     cache          train.cache: auto (frozen teachers' outputs stored per sample and crop/flip; the timed steps
                    run after the warm-up, so a lazily filled store is still filling: see teacher_cache.py)
+    fuse           train.fuse: on (nets of one architecture on one input as one stacked call; SLKD's
+                   SL-teachers: see fused_peers.py)
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ CONFIGS: dict[str, list[str]] = {
     "torchvision": ["++data.loader=torchvision"],
     "fast": ["++train.precision=bf16", "++train.channels_last=true", "++train.compile=true"],
     "cache": ["++train.cache=auto"],
+    "fuse": ["++train.fuse=on"],
 }
 
 

@@ -82,6 +82,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .export import deployed_parameter_count, deployed_parts
     from .memory import memory_table
     from .train.cache import cache_plan_lines
+    from .train.fusion import fusion_plan_lines
 
     files, overrides = _graph_args(args)
     if len(files) != 1:
@@ -125,6 +126,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"  param groups: {', '.join(stage.trainable) or 'none'} (one per node)")
         print(f"  evaluates: {', '.join(stage.eval_ports) or 'nothing'}")
         for line in cache_plan_lines(spec, graph, stage, getattr(graph.data_info, "num_train", None)):
+            print(line)
+        for line in fusion_plan_lines(spec, graph, stage):
             print(line)
         if stage.name in memory:
             print("\n".join(memory_table(memory[stage.name])))

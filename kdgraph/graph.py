@@ -7,6 +7,7 @@ after its last use. Errors name the node or edge that failed.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from torch import nn
 from .catalog import load_builtins
 from .datasets.base import DataInfo
 from .errors import NodeError, Problem, SpecError, error_of, first_line, sort_problems
+from .fuse import FusedPeers, fuse_peers
 from .losses._util import float32
 from .nets.base import PortNet
 from .plan import NodeFacts, Plan, StagePlan, Step, build_program, make_plan, port_problems
@@ -68,6 +70,8 @@ class DistillGraph(nn.Module):
         self._weight_slots: dict[str, float | torch.Tensor] = {}
         self._bound_programs: dict[tuple, list[tuple]] = {}  # programs bound to closures, per stage
         self._output_caches: dict[tuple[int, str], Any] = {}  # (stage index, node) -> OutputCache (train.cache)
+        self._fusions: dict[int, list[FusedPeers]] = {}  # stage index -> peers run as one call (train.fuse)
+        self._fuse_mode, self._fuse_log = "off", None
         # per stage index, trainable parameters that no loss reaches (found by dry_run): frozen there
         self.gradless: dict[int, list[str]] = {}
         self.stage: StagePlan = self.plan.stages[0]
@@ -343,6 +347,29 @@ class DistillGraph(nn.Module):
         self._output_caches.clear()
         self._bound_programs.clear()
 
+    def use_fusion(
+        self, groups: list[tuple[str, ...]], mode: str, log: Callable[[str], None] | None = None
+    ) -> list[str]:
+        """Run each group of peers (``plan.fusable_peers``) as one call in this stage's training step.
+
+        `mode` ``on`` keeps every group its first batch proves equal (kdgraph/fuse.py); ``auto`` also times
+        fused against unfused there and keeps the faster. Returns why any group is not fused.
+        """
+        self._fusions.pop(self.stage.index, None)
+        self._bound_programs.clear()
+        self._fuse_mode, self._fuse_log = mode, log
+        if mode == "off":
+            return []
+        fused, refused = [], []
+        for names in groups:
+            made = fuse_peers(names, [self.nodes[n] for n in names])
+            if isinstance(made, str):
+                refused.append(f"{' + '.join(names)} not fused: {made}")
+            else:
+                fused.append(made)
+        self._fusions[self.stage.index] = fused
+        return refused
+
     @torch.no_grad()
     def node_outputs(self, node: str, image: torch.Tensor, ports: frozenset[str]) -> dict[str, torch.Tensor]:
         """`ports` (as `node.port`) of a net that reads the image, for a batch, in the node's current mode."""
@@ -376,9 +403,12 @@ class DistillGraph(nn.Module):
         output caches hold gather their ports instead of running (train.cache).
         """
         ops = []
+        fused = self._fused_steps(program) if cached else {}
         for step in program:
             cache = self._output_caches.get((self.stage.index, step.name)) if cached else None
-            if step.kind == "node" and cache is not None:
+            if step.name in fused and step.kind == "node":
+                ops.append((fused[step.name], None, step))
+            elif step.kind == "node" and cache is not None:
                 ops.append((self._cached_closure(step, cache), None, step))
             elif step.kind == "node":
                 ops.append((self._node_closure(step), None, step))
@@ -386,6 +416,67 @@ class DistillGraph(nn.Module):
                 edge = self._edges[step.name]
                 ops.append((self._loss_closure(edge, step.free, amp), self._weight_slots[edge.name], step))
         return ops
+
+    def _fused_steps(self, program: list[Step]) -> dict[str, Callable]:
+        """Per node step of a fused group: the first peer's runs the stacked call, the others only free."""
+        out: dict[str, Callable] = {}
+        for fused in self._fusions.get(self.stage.index, []):
+            if (fused.decided and not fused.enabled) or any(
+                (self.stage.index, n) in self._output_caches for n in fused.names
+            ):
+                continue
+            steps = {s.name: s for s in program if s.kind == "node" and s.name in fused.names}
+            if len(steps) != fused.k:
+                continue
+            first, *rest = [s for s in program if s.name in steps]
+            out[first.name] = self._fused_closure(fused, steps, first)
+            for step in rest:
+                out[step.name] = _free_closure(step.free)
+        return out
+
+    def _fused_closure(self, fused: FusedPeers, steps: dict[str, Step], first: Step):
+        """The first peer's step: every peer's wanted ports from one stacked call (or each alone, if refused)."""
+        key, no_grad, free = self.spec.nodes[first.name].inputs[0], first.no_grad, first.free
+        union = frozenset().union(*(s.wanted for s in steps.values()))
+        outs = [tuple((port, f"{n}.{port}") for port in sorted(steps[n].wanted)) for n in fused.names]
+        alone = [self._node_closure(Step("node", n, no_grad=no_grad, wanted=steps[n].wanted)) for n in fused.names]
+
+        def run(values: dict[str, Any]) -> None:
+            if not fused.decided:
+                self._decide_fusion(fused, values[key], union, no_grad)
+            if fused.enabled:
+                with torch.no_grad() if no_grad else contextlib.nullcontext():
+                    parts = fused.ports(values[key], union)
+                for part, names in zip(parts, outs):
+                    for port, k in names:
+                        values[k] = part[port]
+            else:  # refused at the first batch: this once each peer alone, from the next step the plain program
+                for call in alone:
+                    call(values)
+            for k in free:
+                values.pop(k, None)
+
+        return run
+
+    @torch.compiler.disable
+    def _decide_fusion(self, fused: FusedPeers, x: torch.Tensor, wanted: frozenset[str], no_grad: bool) -> None:
+        """At the first batch: prove the stacked call equal, and under ``auto`` keep it only if faster."""
+        names = " + ".join(fused.names)
+        why = fused.prove(x, wanted)
+        if why:
+            fused.enabled, note = False, f"{names} not fused: {why}"
+        elif self._fuse_mode == "auto":
+            t_fused, t_alone = fused.time_both(x, wanted, grad=not no_grad)
+            fused.enabled = _agreed(t_fused < t_alone, x.device)
+            verdict = "fused" if fused.enabled else "not fused (slower)"
+            note = f"{names} {verdict}: {t_fused * 1e3:.2f} ms stacked, {t_alone * 1e3:.2f} ms alone per pass"
+        else:
+            note = f"{names} fused (equal to each net alone within 1e-5)"
+        fused.decided, fused.note = True, note
+        if not fused.enabled:
+            self._bound_programs.clear()  # the next step binds the plain program
+        if self._fuse_log is not None:
+            self._fuse_log(f"  train.fuse: {note}")
 
     def _node_closure(self, step: Step):
         name, node, module = step.name, self.spec.nodes[step.name], self.nodes[step.name]
@@ -514,6 +605,25 @@ class DistillGraph(nn.Module):
 _LOW = (torch.float16, torch.bfloat16)
 _CACHE_KEYS = "data.index+variant"
 _MIN_ROWS = 8
+
+
+def _free_closure(free: tuple[str, ...]):
+    """A fused peer's own step: its values came with the first peer's; only what it last read is dropped."""
+
+    def run(values: dict[str, Any]) -> None:
+        for key in free:
+            values.pop(key, None)
+
+    return run
+
+
+def _agreed(choice: bool, device: torch.device) -> bool:
+    """One process's timing decides for all (every process must run the same program)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return choice
+    flag = torch.tensor([float(choice)], device=device if device.type == "cuda" else "cpu")
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _top_up(rows: torch.Tensor, n: int, least: int) -> torch.Tensor:

@@ -316,3 +316,24 @@ def cacheable(spec: GraphSpec, stage: StagePlan) -> dict[str, frozenset[str]]:
         ):
             out[step.name] = step.wanted
     return out
+
+
+def fusable_peers(spec: GraphSpec, stage: StagePlan) -> list[tuple[str, ...]]:
+    """Groups of a stage's nets that may run as one batched call (train.fuse, kdgraph/fuse.py), in program order.
+
+    Peers compute k independent functions of one tensor: same net and constructor parameters, the same
+    single input, the same mode in the stage (all trained with gradient, or all frozen under ``no_grad``),
+    no taps (forward hooks see one net's modules) and not fitted. Whether the net's modules stack is proven
+    when the nets are built (``fuse.fuse_peers``).
+    """
+    groups: dict[tuple, list[str]] = {}
+    for step in stage.program:
+        node = spec.nodes.get(step.name)
+        if step.kind != "node" or node is None or node.kind != "net" or node.taps or len(node.inputs) != 1:
+            continue
+        if step.name in stage.fit or (step.name not in stage.trainable and step.name not in stage.frozen):
+            continue
+        mode = (step.name in stage.trainable, step.no_grad)
+        key = (node.type, repr(sorted(node.params.items())), node.inputs[0], mode)
+        groups.setdefault(key, []).append(step.name)
+    return [tuple(names) for names in groups.values() if len(names) > 1]

@@ -25,9 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import Problem
+from .errors import Problem, SpecError
+from .yaml12 import parse, read_graph_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "graphs" / "presets"
 PRESET_KEYS = ("kdgraph_preset", "title", "nets", "data", "train", "stage_epochs", "vars", "graphs")
@@ -69,10 +68,12 @@ def load_preset(name: Any, graph_file: str | None) -> tuple[dict | None, list[Pr
         known = available(graph_file)
         hint = f"known presets: {', '.join(known)}" if known else "add one as graphs/presets/NAME.yaml"
         return None, [_problem(f"no preset {name!r}", hint)]
-    try:
-        preset = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        return None, [_problem(f"preset {path.name} is not readable YAML ({str(e).splitlines()[0]})")]
+    try:  # the graph file's reader: bounded, and YAML 1.2 (`cache: off` is the string "off")
+        preset, _lines, problems = parse(read_graph_text(path), str(path))
+    except SpecError as e:
+        return None, e.problems
+    if problems:
+        return None, problems
     if not isinstance(preset, dict):
         return None, [_problem(f"preset {path.name} must be a mapping (nets:, data:, train:, ...)")]
     unknown = sorted(set(preset) - set(PRESET_KEYS))

@@ -37,10 +37,16 @@ FLOAT_12 = re.compile(
 
 
 class Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2's float syntax (an exponent needs no dot)."""
+    """SafeLoader with YAML 1.2's floats (an exponent needs no dot) and booleans (only true and false)."""
 
 
-Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+BOOL_12 = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+# YAML 1.1 reads yes/no/on/off as booleans: `train.cache: off` would be False, not the option "off"
+Loader.yaml_implicit_resolvers = {
+    k: [(tag, regexp) for tag, regexp in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Loader.add_implicit_resolver("tag:yaml.org,2002:bool", BOOL_12, list("tTfF"))
 # after 1.1's own float and int forms: only what they leave out (1e-3, 5e-4, 1e30) resolves here
 Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_12, list("-+0123456789."))
 

@@ -20,6 +20,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "compile": False,
     "cache": "off",
     "cache_fill": "auto",
+    "fuse": "off",
     "on_nan": "stop",
     "grad_clip": None,
     "progress": True,

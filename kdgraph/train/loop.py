@@ -31,6 +31,7 @@ from ..run_guard import run_lock
 from ..spec import GraphSpec
 from ..trackers import accelerator_kwargs, run_config
 from .cache import attach_output_caches
+from .fusion import attach_fusion
 from .init import InitActions
 from .optim import build_optimizer, group_lr
 from .run_dir import Position, RunFiles, use_cpu
@@ -252,6 +253,7 @@ class Trainer(RunFiles, InitActions):
             self.graph.to(memory_format=torch.channels_last)
         self.graph.to(self.device)
         attach_output_caches(self.graph, self.spec, stage, train_loader, cfg, acc, self.log)
+        attach_fusion(self.graph, self.spec, stage, cfg, self.log)
         optimizer = build_optimizer(self.graph, stage, cfg, self.device)
         if resumed and resumed.get("optimizer"):
             optimizer.load_state_dict(resumed["optimizer"])
