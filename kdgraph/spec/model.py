@@ -48,10 +48,6 @@ class EdgeSpec:
     index: int = 0
     optim: str | None = None  # the gradient route into the optimizer (kdgraph/routes.py); None: "main"
 
-    # the old names, for branches written before the rename to target/pred (issue 12); remove after merging
-    src = property(lambda self: self.target)
-    dst = property(lambda self: self.pred)
-
     @property
     def port_params(self) -> dict[str, str]:
         """Loss parameters given as ports (a learned temperature: T: temp.out)."""
