@@ -245,7 +245,9 @@ class _TransformedImages(torch.utils.data.Dataset):
         index, seed = item
         image, label = self._image(index)
         with torch.random.fork_rng(devices=[]):  # workers=0 runs here: leave the training RNG alone
-            torch.manual_seed(seed)
+            # the CPU generator only (transforms draw from it): torch.manual_seed also seeds every
+            # accelerator, which tripled the per-image cost (447 against 147 us; 166 us like this)
+            torch.default_generator.manual_seed(seed)
             x = self.transform(image)
         return x, label, index
 
