@@ -33,5 +33,5 @@ def fusion_plan_lines(spec: GraphSpec, graph: DistillGraph, stage: StagePlan) ->
         why = stack_problem(names, [graph.nodes[n] for n in names])
         node = spec.nodes[names[0]]
         what = f"{node.type} on {node.inputs[0]}"
-        lines.append(f"    {' + '.join(names)}: {what}" + (f"; not stackable: {why}" if why else ""))
+        lines.append(f"    peers {' + '.join(names)}: {what}" + (f"; not stackable: {why}" if why else ""))
     return lines
