@@ -199,7 +199,7 @@ def test_plan_lists_the_fusable_peers() -> None:
         check=True,
     ).stdout
     assert "fusable peers (train.fuse: off" in out
-    assert "peers slt1 + slt2: resnet32x4 on data.image" in out
+    assert "peers slt1 + slt2: resnet32x4 on data.image; stacked call equal to each net alone" in out
 
 
 @pytest.mark.slow
