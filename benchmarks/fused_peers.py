@@ -88,7 +88,7 @@ def run_case(case: str, batch: int, device: torch.device, steps: int, repeats: i
     x, y, idx = _batch(batch, device)
     a, b = (lambda: fused(x, y, idx)), (lambda: alone(x, y, idx))
     a(), b()  # the first fused batch proves the stacked call equal (kdgraph/fuse.py)
-    note = "; ".join(refused + [f.note for f in fused.graph._fusions.get(0, [])])
+    note = "; ".join(refused + fused.graph.fusion_notes())
     ta, tb = interleaved(a, b, steps, repeats, device)
     return {
         "case": case,

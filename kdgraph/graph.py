@@ -417,6 +417,10 @@ class DistillGraph(nn.Module):
                 ops.append((self._loss_closure(edge, step.free, amp), self._weight_slots[edge.name], step))
         return ops
 
+    def fusion_notes(self) -> list[str]:
+        """What the first batch decided for each of this stage's fused groups (empty before it)."""
+        return [f.note for f in self._fusions.get(self.stage.index, []) if f.decided]
+
     def _fused_steps(self, program: list[Step]) -> dict[str, Callable]:
         """Per node step of a fused group: the first peer's runs the stacked call, the others only free."""
         out: dict[str, Callable] = {}
