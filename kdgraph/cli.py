@@ -43,7 +43,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed: list[str] = []
     for f in files:
         try:
-            checked = check_graph(f, overrides, dry=not args.no_dry_run)
+            checked = check_graph(f, overrides, dry=not args.no_dry_run, weights=False)  # nothing trains it
             spec = checked.spec
             if not args.no_dry_run:
                 check_inits(spec, checked.graph)  # what each init would load fits its node: nothing trained

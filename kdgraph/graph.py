@@ -540,6 +540,8 @@ def _scalar_loss(loss: Any, edge: EdgeSpec) -> torch.Tensor:
 
 
 def _autocast_on(device_type: str) -> bool:
+    if not torch.amp.is_autocast_available(device_type):  # the meta device (validate's dry run) has no autocast
+        return False
     try:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4
