@@ -86,7 +86,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     files, overrides = _graph_args(args)
     if len(files) != 1:
         raise SpecError("plan takes one graph file")
-    spec, graph = check_graph(files[0], overrides, dry=False)
+    spec, graph = check_graph(files[0], overrides, dry=False, weights=False)  # shapes and counts: no init
     plan = graph.plan
     memory = {m.stage: m for m in _memory(spec, graph, args.batch)} if args.memory else {}
     print(f"{spec.name}: {spec.title}")
@@ -137,10 +137,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _memory(spec, graph, batch: int | None) -> list:
     """The memory estimate per stage, or nothing (with the reason) when the graph cannot run on fake tensors."""
-    from .memory import estimate_memory
+    from .memory_cache import cached_estimate
 
     try:
-        return estimate_memory(spec, graph.data_info, batch)
+        return cached_estimate(spec, graph.data_info, batch)
     except Exception as e:  # an op without a fake-tensor kernel, a loss that reads values: no estimate, said so
         print(f"(no memory estimate: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
         return []
