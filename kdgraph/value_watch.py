@@ -34,19 +34,47 @@ if TYPE_CHECKING:
 
 # ops whose result, shape or error depends on values: only a real batch shows them
 _VALUE_OPS = {
-    "_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "_unique2", "unique_dim",
-    "unique_consecutive", "repeat_interleave", "bincount", "histc", "multinomial", "binary_cross_entropy",
-    "cholesky", "linalg_cholesky_ex", "linalg_inv_ex", "_linalg_solve_ex", "_linalg_svd", "_linalg_eigh",
+    "_local_scalar_dense",
+    "nonzero",
+    "nonzero_static",
+    "masked_select",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "repeat_interleave",
+    "bincount",
+    "histc",
+    "multinomial",
+    "binary_cross_entropy",
+    "cholesky",
+    "linalg_cholesky_ex",
+    "linalg_inv_ex",
+    "_linalg_solve_ex",
+    "_linalg_svd",
+    "_linalg_eigh",
     "linalg_eig",
 }
 
 # op name -> (position of the indexed tensor, position of the dim argument or None, position of the index)
 _INDEX_OPS = {
-    "gather": (0, 1, 2), "scatter": (0, 1, 2), "scatter_": (0, 1, 2), "scatter_add": (0, 1, 2),
-    "scatter_add_": (0, 1, 2), "scatter_reduce": (0, 1, 2), "scatter_reduce_": (0, 1, 2),
-    "index_select": (0, 1, 2), "index_copy": (0, 1, 2), "index_copy_": (0, 1, 2), "index_add": (0, 1, 2),
-    "index_add_": (0, 1, 2), "index_fill": (0, 1, 2), "index_fill_": (0, 1, 2), "embedding": (0, None, 1),
-    "nll_loss_forward": (0, None, 1), "nll_loss2d_forward": (0, None, 1), "take": (0, None, 1),
+    "gather": (0, 1, 2),
+    "scatter": (0, 1, 2),
+    "scatter_": (0, 1, 2),
+    "scatter_add": (0, 1, 2),
+    "scatter_add_": (0, 1, 2),
+    "scatter_reduce": (0, 1, 2),
+    "scatter_reduce_": (0, 1, 2),
+    "index_select": (0, 1, 2),
+    "index_copy": (0, 1, 2),
+    "index_copy_": (0, 1, 2),
+    "index_add": (0, 1, 2),
+    "index_add_": (0, 1, 2),
+    "index_fill": (0, 1, 2),
+    "index_fill_": (0, 1, 2),
+    "embedding": (0, None, 1),
+    "nll_loss_forward": (0, None, 1),
+    "nll_loss2d_forward": (0, None, 1),
+    "take": (0, None, 1),
 }
 
 
