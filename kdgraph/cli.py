@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    val = _command(sub, "validate", "schema, meaning checks and a shape-checking dry run on a tiny batch",
+    val = _command(sub, "validate", "schema, meaning checks and a shape-checking dry run (an empty batch; 2 "
+                   "images where values matter)",
                    epilog=OVERRIDES_HELP)
     val.add_argument("items", nargs="+", metavar="GRAPH|key=value", help="one or more graph files, then overrides "
                      "applied to each: key=value, +key=value, ++key=value, ~key (see below)")
