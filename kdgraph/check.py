@@ -142,6 +142,8 @@ def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
 def probe(graph: DistillGraph, batch: int = 2) -> None:
     """The dry run on a built graph: a tiny batch through every stage (fits, forward, backward, eval).
 
+    At ``batch=0`` (validate, kdgraph/value_watch.py) every shape is checked and nothing computed.
+
     Sets ``graph.gradless``; raises PlanError naming the node or edge that failed.
     """
     spec, data = graph.spec, graph.data_info
