@@ -5,10 +5,13 @@
 
 The graph is built right after seeding with ``train.seed`` and handed back with the weights it was
 built with (the dry run's fits and RNG draws are undone), so training it is training a fresh build.
+What nothing will train (validate: ``weights=False``) is built without initialising its weights and
+dry-run on an empty batch; the real dry run decides only where that one cannot (kdgraph/value_watch.py).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,9 +22,11 @@ from .datasets.base import DataInfo
 from .deps import dependency_problems
 from .errors import NodeError, PlanError, SpecError, error_of, first_line, sort_problems
 from .graph import DistillGraph
+from .meta import uninitialised
 from .registry import DATASETS
 from .rng import rng_state, seed_everything, set_rng_state
 from .spec import GraphSpec, load_spec
+from .value_watch import ValueWatch, static_reason
 from .views import view_names
 
 
@@ -48,11 +53,14 @@ def _guessed_data_info(spec: GraphSpec) -> DataInfo:
     return DataInfo(int(spec.data["classes"]), int(spec.data["channels"]), int(spec.data["image_size"]))
 
 
-def check_graph(path: str | Path, overrides: list[str] | None = None, *, dry: bool = True) -> CheckedGraph:
+def check_graph(
+    path: str | Path, overrides: list[str] | None = None, *, dry: bool = True, weights: bool = True
+) -> CheckedGraph:
     """Load, build, plan and (with `dry`) dry-run a graph file, reporting every phase's problems at once.
 
     A file with an unknown net, a misspelt port and a cycle gets all three in one SpecError: loading
-    finds the net and the cycle, building what can be built finds the port.
+    finds the net and the cycle, building what can be built finds the port. Without `weights` the
+    graph is for checking only (its weights are not initialised): see check_spec.
     """
     try:
         spec = load_spec(path, overrides)
@@ -64,11 +72,22 @@ def check_graph(path: str | Path, overrides: list[str] | None = None, *, dry: bo
     deps = dependency_problems(spec)  # init.from overrides, invalid dependencies, cycles of graph files
     if deps:
         raise SpecError(deps)
-    return check_spec(spec, dry=dry)
+    return check_spec(spec, dry=dry, weights=weights)
 
 
-def check_spec(spec: GraphSpec, info: DataInfo | None = None, *, dry: bool = True) -> CheckedGraph:
-    """Build the graph of a loaded spec once, seeded by ``train.seed``; with `dry`, dry-run it too."""
+def check_spec(
+    spec: GraphSpec, info: DataInfo | None = None, *, dry: bool = True, weights: bool = True
+) -> CheckedGraph:
+    """Build the graph of a loaded spec once, seeded by ``train.seed``; with `dry`, dry-run it too.
+
+    Without `weights` (a graph nothing will train: validate) the graph is built with torch.nn.init
+    skipped and dry-run on an empty batch; where that fails or cannot decide (value_watch.py) the graph
+    is built and dry-run as with `weights`, so the problems reported are the same either way.
+    """
+    if not weights:
+        checked = _unweighted(spec, info or spec_data_info(spec), dry)
+        if checked is not None:
+            return checked
     seed_everything(int(spec.train["seed"]))
     graph = DistillGraph(spec, info or spec_data_info(spec))
     if dry:
@@ -80,6 +99,31 @@ def check_spec(spec: GraphSpec, info: DataInfo | None = None, *, dry: bool = Tru
         graph.set_epoch(1)
     graph.train()
     return CheckedGraph(spec, graph)
+
+
+def _unweighted(spec: GraphSpec, info: DataInfo, dry: bool) -> CheckedGraph | None:
+    """The graph built without initialising weights (and dry-run on an empty batch); None where the real one decides."""
+    try:
+        with uninitialised():
+            graph = DistillGraph(spec, info)
+        if dry and _needs_values(graph):
+            return None
+    except Exception:  # the real build and dry run report it, in their own words
+        return None
+    graph.set_stage(graph.plan.stages[0])
+    graph.set_epoch(1)
+    graph.train()
+    return CheckedGraph(spec, graph)
+
+
+def _needs_values(graph: DistillGraph) -> bool:
+    """Whether the dry run on an empty batch leaves something to values (value_watch.py); raises what it raises."""
+    if static_reason(graph) is not None:
+        return True
+    with ValueWatch() as watch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. std() of no samples: true of an empty batch, not of the graph
+        probe(graph, batch=0)
+    return watch.reason is not None
 
 
 def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
@@ -97,6 +141,8 @@ def dry_run(spec: GraphSpec, data: DataInfo, batch: int = 2) -> DistillGraph:
 
 def probe(graph: DistillGraph, batch: int = 2) -> None:
     """The dry run on a built graph: a tiny batch through every stage (fits, forward, backward, eval).
+
+    At ``batch=0`` (validate, kdgraph/value_watch.py) every shape is checked and nothing computed.
 
     Sets ``graph.gradless``; raises PlanError naming the node or edge that failed.
     """

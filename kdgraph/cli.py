@@ -43,7 +43,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed: list[str] = []
     for f in files:
         try:
-            checked = check_graph(f, overrides, dry=not args.no_dry_run)
+            checked = check_graph(f, overrides, dry=not args.no_dry_run, weights=False)  # nothing trains it
             spec = checked.spec
             if not args.no_dry_run:
                 check_inits(spec, checked.graph)  # what each init would load fits its node: nothing trained
@@ -87,7 +87,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     files, overrides = _graph_args(args)
     if len(files) != 1:
         raise SpecError("plan takes one graph file")
-    spec, graph = check_graph(files[0], overrides, dry=False)
+    spec, graph = check_graph(files[0], overrides, dry=False, weights=False)  # shapes and counts: no init
     plan = graph.plan
     memory = {m.stage: m for m in _memory(spec, graph, args.batch)} if args.memory else {}
     print(f"{spec.name}: {spec.title}")
@@ -140,10 +140,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _memory(spec, graph, batch: int | None) -> list:
     """The memory estimate per stage, or nothing (with the reason) when the graph cannot run on fake tensors."""
-    from .memory import estimate_memory
+    from .memory_cache import cached_estimate
 
     try:
-        return estimate_memory(spec, graph.data_info, batch)
+        return cached_estimate(spec, graph.data_info, batch)
     except Exception as e:  # an op without a fake-tensor kernel, a loss that reads values: no estimate, said so
         print(f"(no memory estimate: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
         return []
@@ -348,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    val = _command(sub, "validate", "schema, meaning checks and a shape-checking dry run on a tiny batch",
+    val = _command(sub, "validate", "schema, meaning checks and a shape-checking dry run (an empty batch; 2 "
+                   "images where values matter)",
                    epilog=OVERRIDES_HELP)
     val.add_argument("items", nargs="+", metavar="GRAPH|key=value", help="one or more graph files, then overrides "
                      "applied to each: key=value, +key=value, ++key=value, ~key (see below)")

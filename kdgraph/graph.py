@@ -13,7 +13,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import networkx as nx
 import torch
 from torch import nn
 
@@ -27,6 +26,7 @@ from .plan import NodeFacts, Plan, StagePlan, Step, build_program, make_plan, po
 from .registry import LOSSES, NETS, OPS, PortInfo
 from .spec import ENGINE_ARGS, EdgeSpec, GraphSpec, NodeSpec
 from .spec.dataflow import DATA, dataflow_graph, needed, node_of, node_refs, topo_order
+from .spec.digraph import strongly_connected_components, topological_order
 from .views import view_names, view_port
 
 
@@ -111,9 +111,9 @@ class DistillGraph(nn.Module):
         blamed_nodes = {p.node for p in known if p.node}  # a node with a known problem is not built again
 
         g = dataflow_graph(spec)
-        looped = {n for c in nx.strongly_connected_components(g) for n in c if len(c) > 1 or g.has_edge(n, n)}
+        looped = {n for c in strongly_connected_components(g) for n in c if len(c) > 1 or g.has_edge(n, n)}
         skip = {n for n, node in spec.nodes.items() if n in blamed_nodes or not _registered(node)}
-        order = [n for n in nx.topological_sort(g.subgraph(set(g) - looped)) if n != DATA]
+        order = [n for n in topological_order(g.subgraph(set(g) - looped)) if n != DATA]
         found = graph._build_nodes(order, skip)
         return found + [p for p in port_problems(spec, graph.facts) if p.where not in blamed]
 
@@ -654,6 +654,8 @@ def _scalar_loss(loss: Any, edge: EdgeSpec) -> torch.Tensor:
 
 
 def _autocast_on(device_type: str) -> bool:
+    if not torch.amp.is_autocast_available(device_type):  # the meta device (validate's dry run) has no autocast
+        return False
     try:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4

@@ -2,6 +2,8 @@
 
     with weightless():
         graph = DistillGraph(spec, info)          # state_dict shapes, no storage, no init
+    with uninitialised():
+        graph = DistillGraph(spec, info)          # real (CPU) storage, never initialised: validate's dry run
 
 On the meta device an initialiser such as ``kaiming_normal_`` dispatches to torch's Python
 reference implementations, whose first use imports torch._dynamo (about 2 s); meta tensors have no
@@ -27,13 +29,19 @@ def _identity(tensor: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
 
 
 @contextmanager
-def weightless() -> Iterator[None]:
+def uninitialised() -> Iterator[None]:
+    """torch.nn.init's initialisers as identities: parameters keep what torch.empty gave them."""
     saved = {name: getattr(init, name) for name in _INITIALISERS if hasattr(init, name)}
     try:
         for name in saved:
             setattr(init, name, _identity)
-        with torch.device("meta"):
-            yield
+        yield
     finally:
         for name, fn in saved.items():
             setattr(init, name, fn)
+
+
+@contextmanager
+def weightless() -> Iterator[None]:
+    with uninitialised(), torch.device("meta"):
+        yield

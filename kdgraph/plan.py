@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from .errors import PlanError, Problem, did_you_mean
 from .registry import LOSSES, PortInfo
 from .spec import GraphSpec, StageSpec
 from .spec.dataflow import DATA, dataflow_graph, needed, node_of, port_of, topo_order
+from .spec.digraph import Digraph, ancestors
 
 DATA_INFO = {"image": PortInfo("map"), "label": PortInfo("any"), "index": PortInfo("any")}
 
@@ -133,7 +132,7 @@ def make_plan(spec: GraphSpec, facts: dict[str, NodeFacts]) -> Plan:
     deploy_nodes: list[str] = []
     if spec.deploy:
         target = node_of(spec.deploy)
-        deploy_nodes = [n for n in order if n == target or n in nx.ancestors(g, target)]
+        deploy_nodes = [n for n in order if n == target or n in ancestors(g, target)]
     if problems:
         raise PlanError(problems)
     return Plan(order, stages, [n for n in order if n in trained_somewhere], params, deploy_nodes, spec.deploy)
@@ -143,7 +142,7 @@ def _plan_stage(
     spec: GraphSpec,
     stage: StageSpec,
     order: list[str],
-    g: nx.DiGraph,
+    g: Digraph,
     facts: dict[str, NodeFacts],
     problems: list[Problem],
 ) -> StagePlan:
@@ -192,7 +191,7 @@ def _plan_stage(
 
     # nodes whose output must carry gradient: reached, and something at or above them trains
     trainable_set = set(trainable)
-    needs_grad = {n for n in reached if ({n} | nx.ancestors(g, n)) & trainable_set}
+    needs_grad = {n for n in reached if ({n} | ancestors(g, n)) & trainable_set}
 
     # ports each edge reads, and the nodes needed to compute them (a `call` op does not need its
     # referenced node to run, only its module: value flow alone decides what runs)

@@ -96,11 +96,28 @@ def read_graph_text(path: Path) -> str:
 # ----------------------------------------------------------------------------- parsing
 
 
+_PARSED: dict[tuple[str, str], tuple[Any, dict[tuple, int], list[Problem]]] = {}
+_KEEP, _KEEP_BYTES = 256, 64_000  # documents of up to 64 kB: `validate graphs/*.yaml` reads each teacher often
+
+
 def parse(text: str, file: str) -> tuple[Any, dict[tuple, int], list[Problem]]:
     """The document, the line of every path in it, and its problems (duplicate or non-string keys).
 
-    Raises SpecError for text that is not YAML or expands beyond the bounds.
+    Raises SpecError for text that is not YAML or expands beyond the bounds. The same text of the same
+    file is parsed once per process (the pure-Python parser costs ~10 ms a file); each call gets its own copy.
     """
+    key = (file, text)
+    if key not in _PARSED:
+        if len(text) > _KEEP_BYTES:
+            return _parse(text, file)
+        if len(_PARSED) >= _KEEP:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = _parse(text, file)
+    data, lines, problems = _PARSED[key]
+    return unshare(data), dict(lines), list(problems)
+
+
+def _parse(text: str, file: str) -> tuple[Any, dict[tuple, int], list[Problem]]:
     try:
         loader = Loader(text)
     except yaml.YAMLError as e:  # the reader refuses the text itself (a NUL byte)

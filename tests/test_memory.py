@@ -113,3 +113,26 @@ def test_plan_prints_the_estimate_per_node_and_the_peak(tmp_path: Path, capsys) 
     assert row[2] == "MiB" and row[4] == "MiB" and float(row[3]) > 0  # parameters and activations of slt1
     assert main(["plan", str(path), "--no-memory"]) == 0
     assert "memory at batch" not in capsys.readouterr().out
+
+
+def test_plan_estimates_once_per_graph_batch_and_code(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A second plan of the same graph reads the estimate from kdgraph's cache; a new batch or graph does not."""
+    from kdgraph import memory_cache
+    from kdgraph.cli import main
+
+    calls: list[int | None] = []
+
+    def counting(spec, info, batch=None):
+        calls.append(batch)
+        return estimate_memory(spec, info, batch)
+
+    monkeypatch.setattr(memory_cache, "estimate_memory", counting)
+    path = tmp_path / "mem.yaml"
+    path.write_text(GRAPH)
+    outputs = []
+    for args in (["--batch", "8"], ["--batch", "8"], ["--batch", "4"], ["--batch", "8", "nodes.student.net=resnet14"]):
+        assert main(["plan", str(path), *args]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert calls == [8, 4, 8]  # the repeat came from the cache
+    assert outputs[0] == outputs[1]  # and reads exactly as the estimate
+    assert "memory at batch 4" in outputs[2] and outputs[3] != outputs[0]

@@ -6,10 +6,9 @@ Nothing here touches a tensor or a registry entry's code.
 
 from __future__ import annotations
 
-import networkx as nx
-
 from ..errors import PlanError, Problem
 from ..registry import OPS
+from .digraph import Digraph, ancestors, shortest_path, strongly_connected_components, topological_order
 from .model import GraphSpec
 
 DATA = "data"
@@ -23,15 +22,13 @@ def port_of(port: str) -> str:
     return port.split(".", 1)[1]
 
 
-def dataflow_graph(spec: GraphSpec, refs: bool = True) -> nx.DiGraph:
+def dataflow_graph(spec: GraphSpec, refs: bool = True) -> Digraph:
     """Nodes and `data`, with an arrow from each producer to each consumer of its ports.
 
     With `refs`, also from each node an op uses by name (``call``) to that op: it is built first and
     its weights take part in the op's gradient. Without, only value flow: what must run to compute a port.
     """
-    g = nx.DiGraph()
-    g.add_node(DATA)
-    g.add_nodes_from(spec.nodes)
+    g = Digraph([DATA, *spec.nodes])
     for name, node in spec.nodes.items():
         for port in node.inputs:
             if node_of(port) in g:
@@ -56,12 +53,12 @@ def cycle_problems(spec: GraphSpec) -> list[Problem]:
     g = dataflow_graph(spec)
     rank = {n: i for i, n in enumerate(spec.nodes)}
     problems = []
-    for component in sorted(nx.strongly_connected_components(g), key=lambda c: min(rank.get(n, -1) for n in c)):
+    for component in sorted(strongly_connected_components(g), key=lambda c: min(rank.get(n, -1) for n in c)):
         first = min(component, key=lambda n: rank.get(n, -1))
         if len(component) == 1 and not g.has_edge(first, first):
             continue
         sub = g.subgraph(component)  # the shortest loop through the file's first node of this knot
-        names = [first, *min((nx.shortest_path(sub, nxt, first) for nxt in sub.successors(first)), key=len)]
+        names = [first, *min((shortest_path(sub, nxt, first) for nxt in sub.successors(first)), key=len)]
         problems.append(
             spec.problem(
                 ("nodes", names[0], "in"),
@@ -81,11 +78,11 @@ def topo_order(spec: GraphSpec) -> list[str]:
     g = dataflow_graph(spec)
     # stable: ties are broken by the order of the file
     rank = {n: i for i, n in enumerate(spec.nodes)}
-    return [n for n in nx.lexicographical_topological_sort(g, key=lambda n: rank.get(n, -1)) if n != DATA]
+    return [n for n in topological_order(g, key=lambda n: rank.get(n, -1)) if n != DATA]
 
 
-def needed(order: list[str], g: nx.DiGraph, ports: list[str]) -> list[str]:
+def needed(order: list[str], g: Digraph, ports: list[str]) -> list[str]:
     """The nodes of `order` that must run to compute `ports` (their value-flow ancestors)."""
     targets = {node_of(p) for p in ports} - {DATA}
-    needed = set(targets).union(*(nx.ancestors(g, t) for t in targets)) if targets else set()
+    needed = set(targets).union(*(ancestors(g, t) for t in targets)) if targets else set()
     return [n for n in order if n in needed]

@@ -9,6 +9,7 @@ hands them to the graph (``DistillGraph.use_output_cache``).
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -133,6 +134,17 @@ def _precompute(graph, name: str, ports, cache: OutputCache, loader: TensorLoade
                 cache.put(keys, graph.node_outputs(name, x, ports))
 
 
+def _bytes_per_sample(graph: DistillGraph, name: str, ports: frozenset[str]) -> int:
+    """Bytes of a sample's cached ports, from an empty batch (nothing computed)."""
+    info = graph.data_info
+    shape = (info.channels, info.image_size, info.image_size)
+    try:
+        out = graph.node_outputs(name, torch.zeros(0, *shape), ports)
+    except Exception:  # a net that flattens with view(n, -1) cannot take an empty batch: one image then
+        out = graph.node_outputs(name, torch.zeros(1, *shape), ports)
+    return sum(math.prod(v.shape[1:]) * v.element_size() for v in out.values())
+
+
 def cache_plan_lines(spec: GraphSpec, graph: DistillGraph, stage: StagePlan, samples: int | None = None) -> list[str]:
     """What `kdgraph plan` says of a stage's cacheable values: per node, the ports and the store's size."""
     from ..data import pad_of
@@ -146,9 +158,7 @@ def cache_plan_lines(spec: GraphSpec, graph: DistillGraph, stage: StagePlan, sam
     mode = spec.stages[stage.index].train.get("cache", "off")
     lines = [f"  cacheable (train.cache: {mode}; a frozen net on the image: stored per sample and crop/flip):"]
     for name, ports in nodes.items():
-        with torch.no_grad():
-            one = graph.node_outputs(name, torch.zeros(1, info.channels, info.image_size, info.image_size), ports)
-        per = sum(v[0].numel() * v.element_size() for v in one.values()) * variants
+        per = _bytes_per_sample(graph, name, ports) * variants
         total = f" = {human_bytes(per * samples)} for {samples:,} samples" if samples else ""
         lines.append(f"    {name}: {', '.join(sorted(ports))}; {variants} variants x {per / variants:,.0f} B{total}")
     return lines
