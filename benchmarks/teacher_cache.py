@@ -43,7 +43,7 @@ def graph_doc(teacher_ckpt: Path, size: int, batch: int, epochs: int, augment: b
         "name": "kd_cache_bench",
         "data": {
             "dataset": "synthetic", "size": size, "test_size": 64, "image_size": 32, "channels": 3, "classes": 100,
-            "batch_size": batch, "augment": augment,
+            "batch_size": batch, "augment": augment, "seed": 0,  # one dataset for every train.seed, as CIFAR
         },  # fmt: skip
         "nodes": {
             "teacher": {"net": "resnet32x4", "frozen": True, "init": {"checkpoint": str(teacher_ckpt), "key": "model"}},

@@ -96,9 +96,10 @@ def test_fill_keys_stores_the_crops_the_loader_makes_and_pads_a_small_pass() -> 
     assert cache.missing(keys).tolist() == [3]  # only the 3 asked for are stored
     assert torch.equal(cache.get(keys[:3], "cpu")["t.x"], batch.image[:3].flatten(1))  # the loader's crops
     passes.clear()
-    fill_keys(graph, "t", frozenset({"x"}), cache, loader, torch.arange(300, 600), acc)
-    assert [len(x) for x in passes] == [150, 150]  # 300 keys in two even passes of at most 256
-    assert ahead_epochs(loader) == 7  # 256 rows a pass / 40 draws an epoch
+    fill_keys(graph, "t", frozenset({"x"}), cache, loader, torch.arange(300, 400), acc)
+    assert [len(x) for x in passes] == [50, 50]  # 100 keys in two even passes of at most 64 (on a CPU)
+    assert ahead_epochs(loader, torch.device("cpu")) == 2  # 64 rows a pass / 40 draws an epoch
+    assert ahead_epochs(loader, torch.device("cuda")) == 7  # 256 / 40
 
 
 # ----------------------------------------------------------------------------- in training runs
@@ -182,8 +183,8 @@ def test_a_cached_run_trains_as_an_uncached_one(tmp_path: Path, augment: bool, f
     drawn = len(_drawn_pairs(0, range(1, 4)))
     if not augment:  # precomputed at the start (24 images, one pass), never run in a step
         assert cached[2] == [1, 24]  # sizing the store, the pass
-    elif fill == "auto":  # ahead: the 3 epochs' draws (24 x 3 < 256) in one pass before the first epoch
-        assert cached[2] == [1, drawn]
+    elif fill == "auto":  # ahead: the 3 epochs' draws (72 <= 2 x 64) in two even passes before the first epoch
+        assert cached[2] == [1, drawn - drawn // 2, drawn // 2]
     else:  # lazy: each (image, crop, flip) the run draws, at most once, in the steps (topped up to 8 rows)
         assert sum(cached[2][1:]) >= drawn and len(cached[2]) <= 1 + 9
 
@@ -193,8 +194,8 @@ def test_an_ahead_filled_step_never_asks_the_store_what_is_missing(tmp_path: Pat
     missing = OutputCache.missing
     monkeypatch.setattr(OutputCache, "missing", lambda self, keys: asked.append(len(keys)) or missing(self, keys))
     _train(tmp_path, "cached", "train.cache=memory", "data.augment=true", "train.epochs=12")
-    # epochs 1-11 are one fill (ceil(256 / 24) epochs of draws), epoch 12 the next: one question each
-    assert asked == [len(_drawn_pairs(0, range(1, 12))), 24]
+    # epochs 1-3 are one fill (ceil(64 / 24) epochs of draws on a CPU), 4-6 the next, ...: one question each
+    assert asked == [len(_drawn_pairs(0, range(e, e + 3))) for e in (1, 4, 7, 10)]
 
 
 def test_a_second_run_of_one_teacher_reads_the_first_runs_file_cache(tmp_path: Path) -> None:
@@ -221,5 +222,5 @@ def test_a_second_seed_computes_only_the_crops_the_first_did_not_draw(tmp_path: 
     )
     seed0 = _train(tmp_path, "seed0", *fixed, "train.seed=0")
     seed1 = _train(tmp_path, "seed1", *fixed, "train.seed=1")
-    assert seed0[2] == [1, len(_drawn_pairs(0, range(1, 4)))]
-    assert seed1[2] == [1, len(_drawn_pairs(1, range(1, 4)) - _drawn_pairs(0, range(1, 4)))]
+    assert seed0[2][0] == 1 and sum(seed0[2][1:]) == len(_drawn_pairs(0, range(1, 4)))  # sizing, then the fill
+    assert sum(seed1[2][1:]) == len(_drawn_pairs(1, range(1, 4)) - _drawn_pairs(0, range(1, 4)))
