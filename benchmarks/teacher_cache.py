@@ -1,6 +1,6 @@
 """The planned output cache (``train.cache``) against recomputing the frozen teacher, KD resnet32x4 -> resnet8x4.
 
-    python benchmarks/teacher_cache.py --threads 1        # both cases (about 20 minutes on 2 shared cores)
+    python benchmarks/teacher_cache.py --threads 1        # both cases (about 13 minutes on 2 shared cores)
     python benchmarks/teacher_cache.py --cases plain --epochs 4
     python benchmarks/teacher_cache.py --cases seeds --seed-epochs 60   # a quick look (a weaker saving)
 
