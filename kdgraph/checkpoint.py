@@ -61,10 +61,11 @@ def save_checkpoint(folder: Path, state: dict[str, Any], step: int) -> Path:
     torch.save(state, buf)
     blob = buf.getvalue()
     previous = _pointed(folder)
-    path = folder / checkpoint_name(step, blob)  # same bytes, same name: never a different file under it
+    digest = hashlib.sha256(blob).hexdigest()  # once: the name and latest.json both carry it
+    path = folder / checkpoint_name(step, blob, digest)  # same bytes, same name: never a different file under it
     if not path.exists():
         atomic_write_bytes(path, blob)
-    meta = {"file": path.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "step": step}
+    meta = {"file": path.name, "bytes": len(blob), "sha256": digest, "step": step}
     if previous:
         meta["previous"] = previous
     atomic_write_bytes(folder / "latest.json", json.dumps(meta).encode())

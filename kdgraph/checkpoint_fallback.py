@@ -23,9 +23,9 @@ HASH_CHARS = 16
 NAME_RE = re.compile(r"^step-(\d{9})(?:\.(\d+))?(?:-([0-9a-f]{16}))?\.pt$")
 
 
-def checkpoint_name(step: int, blob: bytes) -> str:
-    """``step-000000040-<16 hex of sha256>.pt``: the file can prove itself intact."""
-    return f"step-{step:09d}-{hashlib.sha256(blob).hexdigest()[:HASH_CHARS]}.pt"
+def checkpoint_name(step: int, blob: bytes, digest: str | None = None) -> str:
+    """``step-000000040-<16 hex of sha256>.pt``: the file can prove itself intact (`digest`: blob's, if known)."""
+    return f"step-{step:09d}-{(digest or hashlib.sha256(blob).hexdigest())[:HASH_CHARS]}.pt"
 
 
 def read_pointer(folder: Path) -> dict[str, Any] | None:

@@ -188,6 +188,22 @@ class TensorLoader:
         flip = torch.rand(n, generator=g) < 0.5
         return Draws(order, oy, ox, flip)
 
+    def drawn(self, epoch: int, stage: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(sample indices, variants) that this process's batches of the epoch hold, on the host, in order.
+
+        What ``epoch`` yields as ``Batch.index`` and ``Batch.variant``, without building the images: the
+        output cache fills ahead from it (kdgraph/train/cache.py).
+        """
+        d = self.draws(epoch, stage)
+        rows = [
+            _shard(d.order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world)
+            for b in range(self.num_batches)
+        ]
+        index = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        if not (self.train and self.augment):
+            return index, None
+        return index, variant_ids(d.oy[index], d.ox[index], d.flip[index], self.pad)
+
     def epoch(self, epoch: int, stage: int = 0, start: int = 0) -> Iterator[Batch]:
         """Batches of one epoch, beginning after `start` batches already done."""
         where = self.split.images.device

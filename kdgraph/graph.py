@@ -22,6 +22,7 @@ from .errors import NodeError, Problem, SpecError, error_of, first_line, sort_pr
 from .fuse import FusedPeers, fuse_peers
 from .losses._util import float32
 from .nets.base import PortNet
+from .output_cache import MIN_ROWS
 from .plan import NodeFacts, Plan, StagePlan, Step, build_program, make_plan, port_problems
 from .registry import LOSSES, NETS, OPS, PortInfo
 from .spec import ENGINE_ARGS, EdgeSpec, GraphSpec, NodeSpec
@@ -534,9 +535,9 @@ class DistillGraph(nn.Module):
             if cache.lazy:  # computes only what is missing; one read-back of the count per step
                 missing = cache.missing(keys)
                 if len(missing):
-                    # kernels pick other algorithms for a handful of rows (1e-5 apart on oneDNN): never fewer
-                    # than _MIN_ROWS, topped up with stored samples of the batch, whose values are kept
-                    rows = _top_up(missing, len(keys), _MIN_ROWS)
+                    # never fewer than MIN_ROWS (kernels pick other algorithms for a handful of rows), topped
+                    # up with stored samples of the batch, whose values are kept
+                    rows = _top_up(missing, len(keys), MIN_ROWS)
                     part = {"data.image": image[rows]}
                     compute(part)
                     cache.put(keys[missing], {k: part[k][: len(missing)] for k in keys_of})
@@ -608,7 +609,6 @@ class DistillGraph(nn.Module):
 
 _LOW = (torch.float16, torch.bfloat16)
 _CACHE_KEYS = "data.index+variant"
-_MIN_ROWS = 8
 
 
 def _free_closure(free: tuple[str, ...]):

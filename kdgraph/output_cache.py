@@ -27,6 +27,10 @@ from typing import Any
 
 import torch
 
+# the fewest rows a forward pass that fills the store runs: kernels pick other algorithms for a handful of
+# rows (oneDNN's values 1e-5 apart below 4 rows), so a smaller pass is padded to keep the values bitwise
+MIN_ROWS = 8
+
 
 @dataclass(frozen=True)
 class PortLayout:

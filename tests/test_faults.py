@@ -152,8 +152,9 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(
     graph: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
-    # replace #1, #2: the step-0 checkpoint and its latest.json; #3: the step-3 checkpoint fails
-    monkeypatch.setattr(ckpt.os, "replace", _fail_on_call(3, os.replace))
+    # replace #1: the frozen teacher's weights (written once); #2, #3: the step-0 checkpoint and its
+    # latest.json; #4: the step-3 checkpoint fails
+    monkeypatch.setattr(ckpt.os, "replace", _fail_on_call(4, os.replace))
     code, err = cli("run", str(graph), "--out", str(run), "edges[1].T=4")
     assert code == 2
     assert re.match(rf"could not write {run / 'checkpoints'}/step-000000003-[0-9a-f]{{16}}\.pt \(No space left", err)

@@ -33,4 +33,5 @@ class Synthetic(DatasetSource):
         return DataInfo(int(cfg["classes"]), int(cfg["channels"]), int(cfg["image_size"]), int(cfg["size"]))
 
     def load(self, cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
-        return _synthetic(cfg, seed)
+        # data.seed holds the images fixed across train.seed (the seeds of one dataset, as on CIFAR)
+        return _synthetic(cfg, int(cfg.get("seed", seed)))

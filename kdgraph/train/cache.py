@@ -1,22 +1,28 @@
 """train.cache at a stage's start: an output cache per cacheable node, filled as train.cache_fill says.
 
 The planner names the nodes (``plan.cacheable``: frozen nets on the image); this module sizes their
-stores from one sample, keys them by what the values depend on, fills them (``precompute``: every
-(sample, variant) at the evaluation batch size; ``lazy``: the training step computes what is missing) and
-hands them to the graph (``DistillGraph.use_output_cache``).
+stores from one sample, keys them by what the values depend on, fills them and hands them to the graph
+(``DistillGraph.use_output_cache``). Fills, all at inference batch sizes:
+
+* ``precompute``: every (sample, variant) before training (one pass without augmentation);
+* ``ahead``: the (sample, variant) pairs the coming epochs draw (the loader draws each epoch from a seeded
+  generator, so they are known before it starts) and the store lacks, before those epochs; the step then
+  only gathers, with no read-back;
+* ``lazy``: the training step computes what it finds missing (one read-back per step).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..cache import OUTPUTS, cache_root
 from ..data import TensorLoader, crop_flip
-from ..output_cache import OutputCache, PortLayout, cache_key, human_bytes, variants_of, weights_hash
+from ..output_cache import MIN_ROWS, OutputCache, PortLayout, cache_key, human_bytes, variants_of, weights_hash
 from ..plan import StagePlan, cacheable
 
 if TYPE_CHECKING:
@@ -25,33 +31,89 @@ if TYPE_CHECKING:
 
 # data settings that change which values a net computes (the rest: batch sizes, workers, loader kind, do not)
 _DATA_IRRELEVANT = ("batch_size", "eval_batch_size", "workers", "loader", "drop_last", "download", "root")
+# rows per forward pass of a fill (at least the training batch): on one CPU thread resnet32x4 costs the same
+# per row from 4 to 64 rows and twice that at 256 (its activations leave the caches); a GPU wants many
+_FILL_BATCH = {"cpu": 64}
+_FILL_BATCH_DEVICE = 256
+
+
+def fill_batch(loader: TensorLoader, device: torch.device) -> int:
+    """Rows per forward pass of a fill on `device`."""
+    return max(loader.batch_size, _FILL_BATCH.get(device.type, _FILL_BATCH_DEVICE))
+
+
+@dataclass
+class _Filled:
+    """One node's store and what the ahead fill has covered (epochs up to `until`, inclusive)."""
+
+    name: str
+    ports: frozenset[str]
+    cache: OutputCache
+    fill: str
+    until: int = 0
+
+
+class OutputCaches:
+    """A stage's output caches; ``before_epoch`` runs the ahead fill for the window of epochs it starts."""
+
+    def __init__(self, graph: DistillGraph, loader: Any, accelerator: Any, stage: int, epochs: int):
+        self.graph, self.loader, self.accelerator = graph, loader, accelerator
+        self.stage, self.epochs = stage, epochs
+        self.filled: list[_Filled] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.filled)
+
+    def before_epoch(self, epoch: int) -> None:
+        """Compute what `epoch` (and the next ones, up to a fill batch of draws) will draw and is not stored."""
+        for f in self.filled:
+            if f.fill != "ahead" or epoch <= f.until:
+                continue
+            f.until = min(self.epochs, epoch + ahead_epochs(self.loader, self.accelerator.device) - 1)
+            keys = [f.cache.keys(*self.loader.drawn(e, self.stage)) for e in range(epoch, f.until + 1)]
+            wanted = torch.cat(keys).unique()
+            missing = wanted[f.cache.missing(wanted)]
+            fill_keys(self.graph, f.name, f.ports, f.cache, self.loader, missing, self.accelerator)
+
+
+def ahead_epochs(loader: TensorLoader, device: torch.device) -> int:
+    """Epochs one ahead fill covers: enough draws for a fill batch (one epoch of a full-sized dataset)."""
+    per_epoch = max(1, min(len(loader.split), loader.num_batches * loader.batch_size) // max(1, loader.world))
+    return max(1, math.ceil(fill_batch(loader, device) / per_epoch))
 
 
 def attach_output_caches(
-    graph: DistillGraph, spec: GraphSpec, stage: StagePlan, loader: Any, cfg: dict[str, Any], accelerator: Any, log
-) -> dict[str, OutputCache]:
+    graph: DistillGraph,
+    spec: GraphSpec,
+    stage: StagePlan,
+    loader: Any,
+    cfg: dict[str, Any],
+    accelerator: Any,
+    log,
+    epochs: int = 1,
+) -> OutputCaches:
     """The stage's output caches, in place in `graph` (none when train.cache is off)."""
     graph.drop_output_caches()
+    caches = OutputCaches(graph, loader, accelerator, stage.index, epochs)
     mode = cfg.get("cache", "off")
     if mode == "off":
-        return {}
+        return caches
     nodes = cacheable(spec, stage)
     if not nodes:
         log("  train.cache: nothing in this stage is cacheable (a frozen net that reads only data.image)")
-        return {}
+        return caches
     if not isinstance(loader, TensorLoader):
         log("  train.cache: off for this stage: the torchvision loader does not expose its crops and flips")
-        return {}
-    caches = {}
+        return caches
     for name, ports in nodes.items():
         cache = _cache_for(graph, spec, name, ports, loader, cfg, accelerator)
         fill = cfg.get("cache_fill", "auto")
         if fill == "auto":  # without augmentation one pass fills it; with it, only what the run draws
-            fill = "precompute" if cache.variants == 1 else "lazy"
+            fill = "precompute" if cache.variants == 1 else "ahead"
         if fill == "precompute" and not cache.complete():
-            _precompute(graph, name, ports, cache, loader, cfg, accelerator)
-        cache.lazy = not cache.complete()
-        if mode == "auto" and not cache.lazy and accelerator.device.type == "cuda":
+            fill_keys(graph, name, ports, cache, loader, (~cache.filled).nonzero().flatten().cpu(), accelerator)
+        cache.lazy = fill == "lazy" and not cache.complete()  # ahead: before_epoch stores each epoch's draws
+        if mode == "auto" and fill != "ahead" and not cache.lazy and accelerator.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(accelerator.device)
             if cache.nbytes < free // 4:  # complete and small enough: gather on the device, no copies
                 cache = cache.to(accelerator.device)
@@ -63,7 +125,7 @@ def attach_output_caches(
             f"{cache.variants} variants, {human_bytes(cache.nbytes)}, {filled}/{cache.size} stored, fill {fill}"
         )
         graph.use_output_cache(name, cache)
-        caches[name] = cache
+        caches.filled.append(_Filled(name, ports, cache, fill))
     return caches
 
 
@@ -106,32 +168,34 @@ def _fingerprint(split) -> str:
 
 
 @torch.no_grad()
-def _precompute(graph, name: str, ports, cache: OutputCache, loader: TensorLoader, cfg, accelerator) -> None:
-    """Every (sample, variant) the cache lacks, at the evaluation batch size, in the training step's precision."""
+def fill_keys(
+    graph: DistillGraph, name: str, ports, cache: OutputCache, loader: TensorLoader, keys: torch.Tensor, accelerator
+) -> None:
+    """Compute and store the values of `keys` (host cache keys) in the training step's precision.
+
+    The keys are split into passes of at most a fill batch (none much smaller than another); a pass of
+    fewer than MIN_ROWS rows is padded with repeats of its own samples, so every pass runs the kernels the
+    training batch runs and stores the values it would compute, bit for bit.
+    """
     split, pad, device = loader.split, loader.pad, accelerator.device
-    batch = max(loader.batch_size, 256)
+    n = len(keys)
+    if not n:
+        return
+    passes = math.ceil(n / fill_batch(loader, device))
+    size = math.ceil(n / passes)
     side = 2 * pad + 1
-    n = len(split)
-    for variant in range(cache.variants):
-        oy, ox, flip = (variant // 2) // side, (variant // 2) % side, bool(variant % 2)
-        for start in range(0, n, batch):
-            index = torch.arange(start, min(start + batch, n))
-            keys = cache.keys(index, torch.full_like(index, variant))
-            if not cache.missing(keys).numel():
-                continue
-            images = split.images[index.to(split.images.device)]
-            if cache.variants > 1:
-                k = len(index)
-                images = crop_flip(
-                    images,
-                    torch.full((k,), oy, device=images.device),
-                    torch.full((k,), ox, device=images.device),
-                    torch.full((k,), flip, device=images.device),
-                    pad,
-                )
-            x = loader.normalizer(images.to(device, non_blocking=True))
-            with accelerator.autocast():
-                cache.put(keys, graph.node_outputs(name, x, ports))
+    for start in range(0, n, size):
+        part = keys[start : start + size]
+        rows = part.repeat(math.ceil(MIN_ROWS / len(part)))[:MIN_ROWS] if len(part) < MIN_ROWS else part
+        index, variant = rows // cache.variants, rows % cache.variants
+        images = split.images[index.to(split.images.device)]
+        if cache.variants > 1:
+            v = variant.to(images.device)
+            images = crop_flip(images, (v // 2) // side, (v // 2) % side, (v % 2).bool(), pad)
+        x = loader.normalizer(images.to(device, non_blocking=True))
+        with accelerator.autocast():
+            out = graph.node_outputs(name, x, ports)
+        cache.put(part, {k: t[: len(part)] for k, t in out.items()})
 
 
 def _bytes_per_sample(graph: DistillGraph, name: str, ports: frozenset[str]) -> int:

@@ -30,7 +30,7 @@ from ..rng import set_rng_state
 from ..run_guard import run_lock
 from ..spec import GraphSpec
 from ..trackers import accelerator_kwargs, run_config
-from .cache import attach_output_caches
+from .cache import OutputCaches, attach_output_caches
 from .fusion import attach_fusion
 from .init import InitActions
 from .optim import build_optimizer, group_lr
@@ -87,6 +87,7 @@ class StageRun:
     log_every: int
     ckpt_every: int
     skip_nan: bool
+    caches: OutputCaches | None = None  # train.cache: filled ahead of each epoch that draws new samples
     bar: Any = None  # this epoch's progress (console.py: a bar on a terminal, plain lines otherwise)
     window_start: float = 0.0  # when the current logging window began (throughput)
     images: int = 0  # images seen in the current logging window, over all processes
@@ -252,7 +253,9 @@ class Trainer(RunFiles, InitActions):
         if cfg["channels_last"]:
             self.graph.to(memory_format=torch.channels_last)
         self.graph.to(self.device)
-        attach_output_caches(self.graph, self.spec, stage, train_loader, cfg, acc, self.log)
+        caches = attach_output_caches(
+            self.graph, self.spec, stage, train_loader, cfg, acc, self.log, epochs=spec_stage.epochs
+        )
         attach_fusion(self.graph, self.spec, stage, cfg, self.log)
         optimizer = build_optimizer(self.graph, stage, cfg, self.device)
         if resumed and resumed.get("optimizer"):
@@ -289,12 +292,15 @@ class Trainer(RunFiles, InitActions):
             log_every=log_every,
             ckpt_every=int(cfg["checkpoint_every"]),
             skip_nan=cfg["on_nan"] == "skip",
+            caches=caches or None,
         )
 
     def _start_epoch(self, run: StageRun, epoch: int, start: int = 0) -> None:
         for group in run.optimizer.param_groups:
             group["lr"] = group_lr(group["base_lr"], run.cfg["lr_schedule"], epoch, run.epochs)
         self.graph.set_epoch(epoch)
+        if run.caches is not None:
+            run.caches.before_epoch(epoch)
         weights = self.graph.loss_weights()
         run.meter.weights = [weights[n] for n in run.names]  # the NaN check recomputes the weighted total
         run.window_start, run.images = time.perf_counter(), 0

@@ -26,6 +26,7 @@ from ..run_guard import RUN_ENTRIES, clear_run, write_marker
 from ..safe_load import load_weights
 from ..spec import GraphSpec, dump_resolved
 from ..trackers import scalars
+from .fixed_weights import FixedWeights, merged
 
 RUN_FILES = RUN_ENTRIES  # every entry a run writes (run_guard: --force removes only these)
 
@@ -157,12 +158,21 @@ class RunFiles:
 
     def _save(self, pos: Position, optimizer, acc_state: dict[str, Any]) -> None:
         self.accelerator.wait_for_everyone()
-        weights = {"graph": self.graph.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None}
-        refuse_nonfinite(weights, self.spec, pos.step, self.saved_step, self.run_dir)  # every process: same weights
+        if getattr(self, "_fixed", None) is None:
+            self._fixed = FixedWeights()
+        stage = getattr(self.graph, "stage", None)
+        # the stage's frozen nodes are written once (fixed_weights.py), the rest with every checkpoint
+        fixed, graph, new = self._fixed.split(self.graph.state_dict(), list(stage.frozen) if stage else [])
+        weights = {"graph": graph, "optimizer": optimizer.state_dict() if optimizer else None}
+        checked = {**weights, "graph": {**fixed, **graph}} if new else weights
+        refuse_nonfinite(checked, self.spec, pos.step, self.saved_step, self.run_dir)  # every process: same weights
         if not self.main:
             return
+        folder = self.run_dir / "checkpoints"
+        ref = self._fixed.write(folder, fixed, new)
         state = {
             **weights,
+            "fixed": ref,
             "position": pos.__dict__.copy(),
             "rng": rng_state(),
             "metrics_lines": self._metrics_lines(),
@@ -174,7 +184,8 @@ class RunFiles:
             "snapshots": list(self.snapshots),
             "stage_ends": list(self.stage_ends),
         }
-        ckpt.save_checkpoint(self.run_dir / "checkpoints", state, pos.step)
+        ckpt.save_checkpoint(folder, state, pos.step)
+        self._fixed.saved(folder, ref)
         self.saved_step = pos.step
 
     def _restore(self) -> tuple[Position, dict[str, Any]]:
@@ -185,7 +196,9 @@ class RunFiles:
                 f"{self.spec.hash()}); resume with the same graph and overrides"
             )
         try:  # the file passed its hash: a wrong layout is a foreign or hand-made file, said in one line
-            self.graph.load_state_dict(state["graph"])
+            self.graph.load_state_dict(merged(self.run_dir / "checkpoints", state))
+            self._fixed = FixedWeights()
+            self._fixed.kept = [state["fixed"]["file"]] if state.get("fixed") else []  # the resumed one names it
             for kind, names, target in (
                 ("snapshots", state["snapshots"], self.snapshots),
                 ("stage_ends", state["stage_ends"], self.stage_ends),
