@@ -361,6 +361,8 @@ class DistillGraph(nn.Module):
         self._fuse_mode, self._fuse_log = mode, log
         if mode == "off":
             return []
+        # timed and proven outside torch.compile's graph; wrapped here, as the wrapper imports torch._dynamo
+        self._decide = torch.compiler.disable(self._decide_fusion)
         fused, refused = [], []
         for names in groups:
             made = fuse_peers(names, [self.nodes[n] for n in names])
@@ -448,7 +450,7 @@ class DistillGraph(nn.Module):
 
         def run(values: dict[str, Any]) -> None:
             if not fused.decided:
-                self._decide_fusion(fused, values[key], union, no_grad)
+                self._decide(fused, values[key], union, no_grad)
             if fused.enabled:
                 with torch.no_grad() if no_grad else contextlib.nullcontext():
                     parts = fused.ports(values[key], union)
@@ -463,7 +465,6 @@ class DistillGraph(nn.Module):
 
         return run
 
-    @torch.compiler.disable
     def _decide_fusion(self, fused: FusedPeers, x: torch.Tensor, wanted: frozenset[str], no_grad: bool) -> None:
         """At the first batch: prove the stacked call equal, and under ``auto`` keep it only if faster."""
         names = " + ".join(fused.names)

@@ -58,3 +58,14 @@ def test_validate_and_plan_import_only_what_they_use(command: str, tmp_path) -> 
         assert proc.returncode == 0, proc.stderr[-2000:]
     top = {m.group(1).split(".")[0] for m in re.finditer(r"\|\s+(\S+)$", proc.stderr, re.M)}
     assert not top & {"torchvision", "scipy", "sklearn", "matplotlib", "accelerate"}
+    assert not re.search(r"\|\s+torch\._dynamo$", proc.stderr, re.M)  # 1.4 s: compile, fake tensors only
+
+
+def test_the_engine_imports_no_dynamo() -> None:
+    # torch.compiler.disable, fake tensors and the meta device import torch._dynamo (1.4 s, more than a
+    # validate's whole dry run): only training with train.compile or train.fuse may pay for it
+    code = "import sys, kdgraph.graph, kdgraph.check, kdgraph.draw, kdgraph.train\n"
+    code += "print('torch._dynamo' in sys.modules)"
+    for _ in range(2):  # the first start lists torchvision's models into kdgraph's cache (importing it once)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
