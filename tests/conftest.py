@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,41 @@ def load(path: Path) -> dict:
     """The graph weights of a checkpoint, final.pt or stage file."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state["graph"] if "graph" in state else state
+
+
+@pytest.fixture
+def clean_registries():
+    """What a test's plugins register or import is gone afterwards (use with pytest.mark.usefixtures)."""
+    from kdgraph.catalog import load_builtins
+    from kdgraph.registry import REGISTRIES
+
+    load_builtins()
+    before = {kind: set(r.names()) for kind, r in REGISTRIES.items()}
+    modules = set(sys.modules)
+    yield
+    for kind, registry in REGISTRIES.items():
+        for name in set(registry.names()) - before[kind]:
+            registry.unregister(name)
+    for name in set(sys.modules) - modules:
+        if name.startswith(("kdgraph_plugin_", "kdgraph_test_")):
+            del sys.modules[name]
+
+
+# a KD pair of small CNNs on tiny synthetic data: the training runs of the cache and checkpoint tests
+KD_CNN = """\
+kdgraph: 1
+name: kd_cnn
+data: {dataset: synthetic, size: 24, test_size: 8, image_size: 8, channels: 3, classes: 4, batch_size: 8}
+nodes:
+  teacher: {net: cnn, width: 4, frozen: true}
+  student: {net: cnn, width: 4}
+edges:
+  - {loss: ce, from: data.label, to: student.logits, weight: 0.1}
+  - {loss: kd, from: teacher.logits, to: student.logits, weight: 0.9, T: 4}
+train:
+  epochs: 3
+  optimizer: {type: sgd, lr: 0.05, momentum: 0.9, weight_decay: 5.0e-4}
+  log_every: 1
+  progress: false
+deploy: student.logits
+"""

@@ -10,7 +10,7 @@ import torch
 from kdgraph.errors import CheckpointError
 from kdgraph.train.fixed_weights import FixedWeights, merged
 
-from .conftest import same
+from .conftest import KD_CNN, same
 
 
 def test_the_frozen_part_is_new_only_when_a_tensor_changed(tmp_path: Path) -> None:
@@ -43,22 +43,6 @@ def test_the_frozen_part_is_new_only_when_a_tensor_changed(tmp_path: Path) -> No
     assert torch.equal(loaded["nodes.teacher.bias"], teacher.bias.detach()) and loaded.keys() == state().keys()
 
 
-GRAPH = """\
-kdgraph: 1
-name: fixed
-data: {dataset: synthetic, size: 16, test_size: 8, image_size: 8, channels: 3, classes: 4, batch_size: 8}
-nodes:
-  teacher: {net: cnn, width: 4, frozen: true}
-  student: {net: cnn, width: 4}
-edges:
-  - {loss: ce, from: data.label, to: student.logits, weight: 0.1}
-  - {loss: kd, from: teacher.logits, to: student.logits, weight: 0.9, T: 4}
-train:
-  epochs: 3
-  optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
-  progress: false
-deploy: student.logits
-"""
 
 
 def test_a_kd_run_resumes_with_its_teacher_from_the_fixed_file(tmp_path: Path, one_thread) -> None:
@@ -67,14 +51,14 @@ def test_a_kd_run_resumes_with_its_teacher_from_the_fixed_file(tmp_path: Path, o
     from kdgraph.train.loop import Interrupted
 
     path = tmp_path / "g.yaml"
-    path.write_text(GRAPH)
+    path.write_text(KD_CNN)
     spec = load_spec(path, [])
     Trainer(spec, tmp_path / "straight", log=lambda *_: None).run()
     with pytest.raises(Interrupted):
-        Trainer(spec, tmp_path / "resumed", log=lambda *_: None, stop_after=3).run()
+        Trainer(spec, tmp_path / "resumed", log=lambda *_: None, stop_after=4).run()
     folder = tmp_path / "resumed" / "checkpoints"
     fixed = list(folder.glob("fixed-*.pt"))
-    assert len(fixed) == 1  # three saves (start, epoch 1, the pause): one teacher file
+    assert len(fixed) == 1  # three saves (start, epoch 1, the pause in epoch 2): one teacher file
     teacher = torch.load(fixed[0], weights_only=True)
     assert teacher and all(k.startswith("nodes.teacher.") for k in teacher)
     for step_file in folder.glob("step-*.pt"):
@@ -91,7 +75,7 @@ def test_a_damaged_fixed_file_is_one_clear_error(tmp_path: Path) -> None:
     from kdgraph.train.loop import Interrupted
 
     path = tmp_path / "g.yaml"
-    path.write_text(GRAPH)
+    path.write_text(KD_CNN)
     spec = load_spec(path, [])
     with pytest.raises(Interrupted):
         Trainer(spec, tmp_path / "run", log=lambda *_: None, stop_after=1).run()

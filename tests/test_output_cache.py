@@ -9,7 +9,7 @@ import torch
 
 from kdgraph.output_cache import MIN_ROWS, OutputCache, PortLayout, variant_ids, variants_of, weights_hash
 
-from .conftest import node_state
+from .conftest import KD_CNN, node_state
 
 
 def test_every_crop_and_flip_has_its_own_variant() -> None:
@@ -104,23 +104,6 @@ def test_fill_keys_stores_the_crops_the_loader_makes_and_pads_a_small_pass() -> 
 
 # ----------------------------------------------------------------------------- in training runs
 
-GRAPH = """\
-kdgraph: 1
-name: cache
-data: {dataset: synthetic, size: 24, test_size: 8, image_size: 8, channels: 3, classes: 4, batch_size: 8}
-nodes:
-  teacher: {net: cnn, width: 4, frozen: true}
-  student: {net: cnn, width: 4}
-edges:
-  - {loss: ce, from: data.label, to: student.logits, weight: 0.1}
-  - {loss: kd, from: teacher.logits, to: student.logits, weight: 0.9, T: 4}
-train:
-  epochs: 3
-  optimizer: {type: sgd, lr: 0.05, momentum: 0.9, weight_decay: 5.0e-4}
-  log_every: 1
-  progress: false
-deploy: student.logits
-"""
 
 
 def _train(tmp_path: Path, name: str, *overrides: str) -> tuple[dict, list[dict], list[int]]:
@@ -131,7 +114,7 @@ def _train(tmp_path: Path, name: str, *overrides: str) -> tuple[dict, list[dict]
     from .conftest import records
 
     path = tmp_path / "cache.yaml"
-    path.write_text(GRAPH)
+    path.write_text(KD_CNN)
     trainer = Trainer(load_spec(path, list(overrides)), tmp_path / name, log=lambda *_: None)
     calls = []
     trainer._prepare()

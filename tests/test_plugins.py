@@ -16,26 +16,14 @@ from kdgraph.catalog import load_builtins
 from kdgraph.check import dry_run
 from kdgraph.errors import SpecError
 from kdgraph.graph import DataInfo
-from kdgraph.registry import LOSSES, OPS, REGISTRIES
+from kdgraph.registry import LOSSES, OPS
 from kdgraph.spec import load_spec
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "plugins"
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _clean_registries():
-    """Whatever a test's plugins register or import is gone afterwards."""
-    load_builtins()
-    before = {kind: set(r.names()) for kind, r in REGISTRIES.items()}
-    modules = set(sys.modules)
-    yield
-    for kind, registry in REGISTRIES.items():
-        for name in set(registry.names()) - before[kind]:
-            registry.unregister(name)
-    for name in set(sys.modules) - modules:
-        if name.startswith("kdgraph_plugin_") or name.startswith("kdgraph_test_"):
-            del sys.modules[name]
+pytestmark = pytest.mark.usefixtures("clean_registries")
 
 
 def graph_with(tmp_path: Path, plugin_list: str, *files: str) -> Path:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from kdgraph import check
-from kdgraph.catalog import load_builtins
 from kdgraph.cli import main
-from kdgraph.registry import REGISTRIES
 from kdgraph.value_watch import ValueWatch
 
 from .conftest import GRAPHS
@@ -20,19 +17,7 @@ CORPUS = Path(__file__).resolve().parent / "bad_graphs"
 TINY = "data: {dataset: synthetic, size: 16, test_size: 8, image_size: 8, channels: 1, classes: 4, batch_size: 4}"
 
 
-@pytest.fixture(autouse=True)
-def _clean_registries():
-    """What a test's plugin registers or imports is gone afterwards."""
-    load_builtins()
-    before = {kind: set(r.names()) for kind, r in REGISTRIES.items()}
-    modules = set(sys.modules)
-    yield
-    for kind, registry in REGISTRIES.items():
-        for name in set(registry.names()) - before[kind]:
-            registry.unregister(name)
-    for name in set(sys.modules) - modules:
-        if name.startswith("kdgraph_plugin_"):
-            del sys.modules[name]
+pytestmark = pytest.mark.usefixtures("clean_registries")
 
 
 @pytest.fixture
