@@ -362,7 +362,7 @@ class DistillGraph(nn.Module):
         if mode == "off":
             return []
         # timed and proven outside torch.compile's graph; wrapped here, as the wrapper imports torch._dynamo
-        self._decide = torch.compiler.disable(self._decide_fusion)
+        self._decide = torch.compiler.disable(DistillGraph._decide_fusion)  # unbound: a deepcopy calls its own
         fused, refused = [], []
         for names in groups:
             made = fuse_peers(names, [self.nodes[n] for n in names])
@@ -450,7 +450,7 @@ class DistillGraph(nn.Module):
 
         def run(values: dict[str, Any]) -> None:
             if not fused.decided:
-                self._decide(fused, values[key], union, no_grad)
+                self._decide(self, fused, values[key], union, no_grad)
             if fused.enabled:
                 with torch.no_grad() if no_grad else contextlib.nullcontext():
                     parts = fused.ports(values[key], union)
