@@ -1,6 +1,6 @@
 """The YAML reader of graph files: YAML 1.2 numbers, merge keys, bounded size, depth and aliases.
 
-    text = read_graph_text(path)                    # a regular UTF-8 file under MAX_BYTES
+    text = read_graph_text(path)                    # a regular UTF-8 file of at most 1 MiB (files.GRAPH)
     data, lines, problems = parse(text, str(path))  # lines: {("nodes", "s", "net"): 7, ...}
     value = parse_value("5e-4")                     # an override's value: 0.0005, a float
 
@@ -14,15 +14,14 @@ RecursionError.
 from __future__ import annotations
 
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import Problem, SpecError
+from .files import GRAPH, read_text
 
-MAX_BYTES = 1 << 20  # a graph file is text a person writes: 1 MiB is generous
 MAX_VALUES = 100_000  # values in the document once aliases are expanded
 MAX_DEPTH = 64  # nesting levels
 
@@ -56,41 +55,7 @@ Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_12, list("-+012345
 
 def read_graph_text(path: Path) -> str:
     """The text of a graph file; SpecError (one line, no contents) for anything that is not one."""
-    shown = str(path)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise SpecError(Problem("", f"graph file {shown!r} does not exist", file=shown)) from None
-    except OSError as e:
-        raise SpecError(Problem("", f"cannot read graph file: {e.strerror or e}", file=shown)) from None
-    if stat.S_ISDIR(info.st_mode):
-        raise SpecError(
-            Problem("", f"{shown!r} is a directory, not a graph file", file=shown, hint="name a .yaml file")
-        )
-    if not stat.S_ISREG(info.st_mode):
-        raise SpecError(
-            Problem(
-                "", f"{shown!r} is not a regular file (a device, pipe or socket)", file=shown, hint="name a .yaml file"
-            )
-        )
-    if info.st_size > MAX_BYTES:
-        raise SpecError(
-            Problem("", f"graph file is {info.st_size:,} bytes; at most {MAX_BYTES:,} are read", file=shown)
-        )
-    try:
-        with open(path, "rb") as fh:
-            blob = fh.read(MAX_BYTES + 1)  # the file may grow after stat
-    except OSError as e:
-        raise SpecError(Problem("", f"cannot read graph file: {e.strerror or e}", file=shown)) from None
-    if len(blob) > MAX_BYTES:
-        raise SpecError(Problem("", f"graph file is over {MAX_BYTES:,} bytes", file=shown))
-    try:
-        return blob.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = blob[: e.start].count(b"\n") + 1
-        raise SpecError(
-            Problem("", f"not UTF-8 text (byte {e.start})", line, shown, "a graph file is YAML text")
-        ) from None
+    return read_text(path, GRAPH)
 
 
 # ----------------------------------------------------------------------------- parsing
