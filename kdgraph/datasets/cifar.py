@@ -74,6 +74,10 @@ class Cifar100(DatasetSource):
     def load(self, cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
         return _cifar(self.name, data_root(cfg, base_dir), bool(cfg.get("download", False)))
 
+    def files(self, cfg: dict[str, Any], base_dir: Path) -> list[Path]:
+        """The folder it reads (a cache key's dataset fingerprint, kdgraph/fingerprint.py)."""
+        return [data_root(cfg, base_dir) / CIFAR_FILES[self.name][0]]
+
 
 @register_dataset("cifar10")
 class Cifar10(Cifar100):

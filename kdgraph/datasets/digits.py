@@ -34,3 +34,11 @@ class Digits(DatasetSource):
 
     def load(self, cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
         return _digits()
+
+    def files(self, cfg: dict[str, Any], base_dir: Path) -> list[Path]:
+        """scikit-learn's bundled file (a cache key's dataset fingerprint), found without importing it."""
+        from importlib.util import find_spec
+
+        spec = find_spec("sklearn")
+        origin = spec.origin if spec else None
+        return [Path(origin).parent / "datasets" / "data" / "digits.csv.gz"] if origin else []

@@ -56,3 +56,7 @@ class ImageFolderData(DatasetSource):
         if cfg.get("loader", "torchvision") != "torchvision":
             raise DataError("dataset 'imagefolder' streams images from disk: set data.loader: torchvision")
         return _imagefolder(data_root(cfg, base_dir), int(cfg.get("image_size") or 224))
+
+    def files(self, cfg: dict[str, Any], base_dir: Path) -> list[Path]:
+        """The folders it reads (a cache key's dataset fingerprint, kdgraph/fingerprint.py)."""
+        return [data_root(cfg, base_dir) / "train", data_root(cfg, base_dir) / "val"]

@@ -35,3 +35,7 @@ class Synthetic(DatasetSource):
     def load(self, cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
         # data.seed holds the images fixed across train.seed (the seeds of one dataset, as on CIFAR)
         return _synthetic(cfg, int(cfg.get("seed", seed)))
+
+    def files(self, cfg: dict[str, Any], base_dir: Path) -> list[Path]:
+        """None: the samples follow from the settings (a cache key's dataset fingerprint)."""
+        return []

@@ -22,6 +22,7 @@ import torch
 
 from ..cache import OUTPUTS, cache_root
 from ..data import TensorLoader, crop_flip
+from ..fingerprint import DATA_IRRELEVANT, dataset_fingerprint
 from ..output_cache import MIN_ROWS, OutputCache, PortLayout, cache_key, human_bytes, variants_of, weights_hash
 from ..plan import StagePlan, cacheable
 
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from ..graph import DistillGraph
     from ..spec import GraphSpec
 
-# data settings that change which values a net computes (the rest: batch sizes, workers, loader kind, do not)
-_DATA_IRRELEVANT = ("batch_size", "eval_batch_size", "workers", "loader", "drop_last", "download", "root")
 # rows per forward pass of a fill (at least the training batch): on one CPU thread resnet32x4 costs the same
 # per row from 4 to 64 rows and twice that at 256 (its activations leave the caches); a GPU wants many
 _FILL_BATCH = {"cpu": 64}
@@ -56,8 +55,8 @@ class _Filled:
 class OutputCaches:
     """A stage's output caches; ``before_epoch`` runs the ahead fill for the window of epochs it starts."""
 
-    def __init__(self, graph: DistillGraph, loader: Any, accelerator: Any, stage: int, epochs: int):
-        self.graph, self.loader, self.accelerator = graph, loader, accelerator
+    def __init__(self, graph: DistillGraph, loader: Any, accelerator: Any, stage: int, epochs: int, log=None):
+        self.graph, self.loader, self.accelerator, self.log = graph, loader, accelerator, log or (lambda *_: None)
         self.stage, self.epochs = stage, epochs
         self.filled: list[_Filled] = []
 
@@ -72,7 +71,9 @@ class OutputCaches:
             f.until = min(self.epochs, epoch + ahead_epochs(self.loader, self.accelerator.device) - 1)
             keys = [f.cache.keys(*self.loader.drawn(e, self.stage)) for e in range(epoch, f.until + 1)]
             wanted = torch.cat(keys).unique()
+            rejected = f.cache.rejected
             missing = wanted[f.cache.missing(wanted)]
+            _say_rejected(self.log, f.name, f.cache, f.cache.rejected - rejected)
             fill_keys(self.graph, f.name, f.ports, f.cache, self.loader, missing, self.accelerator)
 
 
@@ -94,7 +95,7 @@ def attach_output_caches(
 ) -> OutputCaches:
     """The stage's output caches, in place in `graph` (none when train.cache is off)."""
     graph.drop_output_caches()
-    caches = OutputCaches(graph, loader, accelerator, stage.index, epochs)
+    caches = OutputCaches(graph, loader, accelerator, stage.index, epochs, log)
     mode = cfg.get("cache", "off")
     if mode == "off":
         return caches
@@ -110,8 +111,12 @@ def attach_output_caches(
         fill = cfg.get("cache_fill", "auto")
         if fill == "auto":  # without augmentation one pass fills it; with it, only what the run draws
             fill = "precompute" if cache.variants == 1 else "ahead"
-        if fill == "precompute" and not cache.complete():
-            fill_keys(graph, name, ports, cache, loader, (~cache.filled).nonzero().flatten().cpu(), accelerator)
+        for damage in cache.repaired:
+            log(f"  train.cache: {cache.folder}: {damage}; its rows are computed again")
+        if fill == "precompute" and not cache.complete():  # every stored row checked, the rest computed
+            todo = cache.missing(torch.arange(cache.size))
+            _say_rejected(log, name, cache, cache.rejected)
+            fill_keys(graph, name, ports, cache, loader, todo, accelerator)
         cache.lazy = fill == "lazy" and not cache.complete()  # ahead: before_epoch stores each epoch's draws
         if mode == "auto" and fill != "ahead" and not cache.lazy and accelerator.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(accelerator.device)
@@ -142,8 +147,10 @@ def _cache_for(
     facts = {
         "node": {"net": node.type, "params": node.params, "taps": node.taps, "ports": sorted(ports)},
         "weights": weights_hash(graph.nodes[name]),
-        "data": {k: v for k, v in spec.data.items() if k not in _DATA_IRRELEVANT},
-        "split": _fingerprint(split),
+        "data": {k: v for k, v in spec.data.items() if k not in DATA_IRRELEVANT},
+        "dataset": dataset_fingerprint(spec.data, spec.base_dir),
+        "split": "train",
+        "samples": _split_digest(split) if cfg["cache"] in ("file", "auto") else None,
         "variants": variants,
         "pad": loader.pad,
         "precision": cfg["precision"],
@@ -152,19 +159,27 @@ def _cache_for(
         "torch": torch.__version__.split("+")[0],
         "device": device.type,
     }
-    folder = cache_root() / OUTPUTS / cache_key(facts) if cfg["cache"] in ("file", "auto") else None
+    key = cache_key(facts)
+    folder = cache_root() / OUTPUTS / key if cfg["cache"] in ("file", "auto") else None
     where = device if folder is None else "cpu"
-    return OutputCache(layouts, len(split), variants, device=where, folder=folder)
+    return OutputCache(layouts, len(split), variants, device=where, folder=folder, key=key)
 
 
-def _fingerprint(split) -> str:
-    """A digest of the training split's labels and a strided sample of its images (which samples index i is)."""
+def _split_digest(split) -> str:
+    """SHA-256 of the whole training split as loaded (every image and label: which sample index i is).
+
+    Beside the files' fingerprint it covers what no file shows (a synthetic or plugin dataset drawn from
+    a seed); CIFAR-100's 150 MB cost about 0.3 s, once per run that keeps a file store."""
     h = hashlib.sha256()
-    h.update(split.labels.cpu().numpy().tobytes())
-    step = max(1, len(split) // 64)
-    h.update(split.images[::step].cpu().contiguous().numpy().tobytes())
-    h.update(str(tuple(split.images.shape)).encode())
-    return h.hexdigest()[:16]
+    h.update(str((tuple(split.images.shape), str(split.images.dtype))).encode())
+    h.update(split.labels.cpu().contiguous().numpy().tobytes())
+    h.update(memoryview(split.images.cpu().contiguous().numpy()).cast("B"))
+    return h.hexdigest()
+
+
+def _say_rejected(log, name: str, cache: OutputCache, count: int) -> None:
+    if count:
+        log(f"  train.cache: {name}: {count} stored rows of {cache.folder} failed their check; computed again")
 
 
 @torch.no_grad()
