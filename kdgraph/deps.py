@@ -11,6 +11,11 @@ reaches the dependency is explicit and printed, in this order (later ones win):
 3. the init's own ``overrides:`` (ESKD's shortened teacher schedule, KCD's teacher), in the strict
    command-line language: ``key=value`` needs the key to exist, ``+key=value`` adds, ``++`` adds or
    replaces, ``~key`` removes. An unknown key there is reported at its line in the parent file.
+
+Its cache entry is ``<name>-<key>/`` (``entry_key``): the resolved spec's hash, the fingerprint of the
+whole dataset it trains on (kdgraph/fingerprint.py: every file's size, mtime and inode, so another
+project's ``./data`` is another entry), the files its own ``init: {checkpoint:}`` actions read, and the
+keys of its own dependencies (a changed grandparent teacher is a new entry all the way down).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Problem, SpecError
+from .fingerprint import dataset_fingerprint, digest, file_identity
 from .spec import GraphSpec, Locator, apply_overrides, load_document, load_spec
 
 # command-line overrides that reach every dependency (the data a teacher is trained on)
@@ -79,11 +85,31 @@ def load_dependency(
         raise SpecError([head, *e.problems]) from None
 
 
-def _init_actions(spec: GraphSpec) -> list[tuple[tuple, dict[str, Any]]]:
-    """Every (yaml path, init) of a spec that trains another graph."""
+def entry_key(spec: GraphSpec, caller: list[str] | tuple[str, ...] = (), _stack: tuple[Path, ...] = ()) -> str:
+    """The cache key of a dependency's trained result: everything that decides what training it yields."""
+    inits = []
+    here = (spec.source.resolve(),) if spec.source else ()
+    for path, init in _all_init_actions(spec):
+        if "checkpoint" in init:
+            where = (spec.base_dir / str(init["checkpoint"])).expanduser()
+            inits.append([list(path), "checkpoint", file_identity(where)])
+        elif "from" in init and (spec.base_dir / str(init["from"])).resolve() not in (*_stack, *here):
+            _, child = load_dependency(spec, init, path, caller)
+            inits.append([list(path), "from", entry_key(child, caller, (*_stack, *here))])
+    facts = {"spec": spec.hash(), "data": dataset_fingerprint(spec.data, spec.base_dir), "inits": inits}
+    return digest(facts)[:20]
+
+
+def _all_init_actions(spec: GraphSpec) -> list[tuple[tuple, dict[str, Any]]]:
+    """Every (yaml path, init) of a spec that is a dict (checkpoint, from, stage, ...)."""
     found = [(("nodes", n, "init"), node.init) for n, node in spec.nodes.items() if node.init]
     found += [(("stages", s.index, "init", n), init) for s in spec.stages for n, init in s.init.items()]
-    return [(path, init) for path, init in found if isinstance(init, dict) and "from" in init]
+    return [(path, init) for path, init in found if isinstance(init, dict)]
+
+
+def _init_actions(spec: GraphSpec) -> list[tuple[tuple, dict[str, Any]]]:
+    """Every (yaml path, init) of a spec that trains another graph."""
+    return [(path, init) for path, init in _all_init_actions(spec) if "from" in init]
 
 
 def _override_problems(spec: GraphSpec, init: dict[str, Any], path: tuple) -> list[Problem]:

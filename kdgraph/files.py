@@ -121,8 +121,12 @@ def read_bytes(path: str | Path, kind: FileKind, within: str | Path | None = Non
     """The whole file, at most ``kind.max_bytes`` (a file that grows after the check is cut and refused)."""
     path = Path(path)
     with open_bounded(path, kind, within) as fh:
-        try:
-            blob = fh.read(kind.max_bytes + 1)
+        try:  # in pieces: read(max_bytes + 1) would allocate the whole bound (64 GiB for a checkpoint) up front
+            parts, total = [], 0
+            while total <= kind.max_bytes and (part := fh.read(min(64 * MiB, kind.max_bytes + 1 - total))):
+                parts.append(part)
+                total += len(part)
+            blob = b"".join(parts)
         except OSError as e:
             raise _refuse(path, kind, f"cannot read {kind.what}: {e.strerror or e}") from None
     if len(blob) > kind.max_bytes:

@@ -184,16 +184,22 @@ def test_crafted_stage_end_cache_entry_and_export_run_nothing(tmp_path: Path) ->
 
 
 def test_crafted_cache_entry_of_a_dependency_runs_nothing(tmp_path: Path) -> None:
-    """`init: {from: teacher.yaml}` finds a final.pt planted in the cache under the teacher's hash: refused."""
+    """`init: {from: teacher.yaml}` finds a final.pt planted in the cache under the teacher's key: refused."""
+    import hashlib
+
+    from kdgraph.deps import entry_key
     from kdgraph.spec import load_spec
 
     marker = tmp_path / "PWNED"
     (tmp_path / "teacher.yaml").write_text(GRAPH.replace("name: hostile", "name: teacher"))
     (tmp_path / "student.yaml").write_text(GRAPH.replace("dropout: 0.2}", "dropout: 0.2, init: {from: teacher.yaml}}"))
     teacher = load_spec(tmp_path / "teacher.yaml")
-    entry = tmp_path / "cache" / f"teacher-{teacher.hash()}"
+    key = entry_key(teacher)
+    entry = tmp_path / "cache" / f"teacher-{key}"
     entry.mkdir(parents=True)
     torch.save({"graph": {"nodes.student.fc.weight": torch.zeros(1)}, "x": Payload(marker)}, entry / "final.pt")
+    sha = hashlib.sha256((entry / "final.pt").read_bytes()).hexdigest()  # even with a record that matches it
+    (entry / "entry.json").write_text(json.dumps({"format": 1, "key": key, "final": {"sha256": sha}}))
     code, _, err = cli("run", str(tmp_path / "student.yaml"), "--out", str(tmp_path / "run"))
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.startswith(f"{tmp_path / 'student.yaml'}:5: nodes.student.init.from: {entry / 'final.pt'}: refused")

@@ -7,6 +7,8 @@ saved or when any of them changed (another tensor, or an in-place write: its ver
 each checkpoint names that file and its SHA-256 under ``fixed`` and holds only the other tensors. A
 resume reads the named file, checks its hash and merges it back, so the weights it loads are the ones a
 self-contained checkpoint would hold. The files the two kept checkpoints name are kept, no other.
+A file of that name already there is reused only when its bytes have that hash (else it is rewritten),
+and it is read through the bounded reader, within the checkpoints folder.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import torch
 
 from .. import checkpoint as ckpt
-from ..errors import CheckpointError
+from ..errors import CheckpointError, KDGraphError
+from ..files import CHECKPOINT, read_bytes
 from ..safe_load import load_weights
 
 PREFIX = "fixed-"
@@ -55,7 +58,7 @@ class FixedWeights:
             digest = hashlib.sha256(blob).hexdigest()
             name = f"{PREFIX}{digest[:16]}.pt"
             folder.mkdir(parents=True, exist_ok=True)
-            if not (folder / name).exists():
+            if _digest_of(folder / name, folder) != digest:  # absent or damaged: written (again)
                 ckpt.atomic_write_bytes(folder / name, blob)
             self.ref = {"file": name, "sha256": digest}
         return dict(self.ref)
@@ -77,8 +80,8 @@ def merged(folder: Path, state: dict[str, Any]) -> dict[str, Any]:
     if path.parent != folder or not path.name.startswith(PREFIX):
         raise CheckpointError(f"the checkpoint in {folder} names {ref.get('file')!r}, not a fixed-weights file")
     try:
-        blob = path.read_bytes()
-    except OSError:
+        blob = read_bytes(path, CHECKPOINT, within=folder)
+    except KDGraphError:
         blob = None
     if blob is None or hashlib.sha256(blob).hexdigest() != ref.get("sha256"):
         raise CheckpointError(
@@ -86,3 +89,13 @@ def merged(folder: Path, state: dict[str, Any]) -> dict[str, Any]:
             "start the run again with --force"
         )
     return {**load_weights(blob, str(path)), **state["graph"]}
+
+
+def _digest_of(path: Path, folder: Path) -> str | None:
+    """SHA-256 of a fixed-weights file already in `folder`, or None when it is absent or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        return hashlib.sha256(read_bytes(path, CHECKPOINT, within=folder)).hexdigest()
+    except KDGraphError:
+        return None

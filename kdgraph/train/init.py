@@ -1,31 +1,40 @@
 """Init actions (checkpoint, another graph, an earlier stage, a snapshot, a seed), dependency graphs and their cache.
 
 ``init: {from: GRAPH.yaml, overrides: [...]}`` trains that graph first, in kdgraph's cache
-(``kdgraph/cache.py``: ``$KDGRAPH_CACHE``, default ``~/.cache/kdgraph``) under the hash of its resolved
-spec, or reuses its final weights when they are there; what it receives (forwarded data and preset
-overrides, the caller's, its own) is resolved and printed by kdgraph/deps.py.
+(``kdgraph/cache.py``: ``$KDGRAPH_CACHE``, default ``~/.cache/kdgraph``) under the key of what it
+trains (kdgraph/deps.py:entry_key: its resolved spec, its whole dataset, its inits), or reuses its final
+weights when they are there; what it receives (forwarded data and preset overrides, the caller's, its
+own) is resolved and printed by kdgraph/deps.py. A trained entry records its final.pt's SHA-256 in
+``entry.json``; a reuse reads final.pt once, checks it against that record and loads those bytes, so a
+final.pt damaged, swapped or put there without a record is refused with one line, never loaded.
 ``init: {seed: N}`` re-initialises the node as a fresh build under seed N (kdgraph/reinit.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 from ..cache import CACHE_ENV, cache_root
 from ..checkpoint import has_checkpoint
 from ..console import plural
 from ..data import Loader
-from ..deps import load_dependency
-from ..errors import CheckpointError
+from ..deps import entry_key, load_dependency
+from ..errors import CheckpointError, KDGraphError
+from ..files import CACHE_META, CHECKPOINT, read_bytes, read_json
 from ..nets.checkpoint import load_checkpoint
 from ..plan import StagePlan
 from ..reinit import reinitialise
 from ..run_guard import run_lock
-from ..safe_load import load_final_graph
+from ..safe_load import load_weights
 
 __all__ = ["CACHE_ENV", "InitActions", "cache_root"]
+
+ENTRY = "entry.json"  # a trained dependency's record: its key and final.pt's SHA-256
 
 
 class InitActions:
@@ -81,16 +90,17 @@ class InitActions:
         What it receives is explicit and printed (kdgraph/deps.py: forwarded data overrides, the caller's,
         the init's own `overrides:`)."""
         dep, child = load_dependency(self.spec, init, where, self.init_overrides)
-        folder = cache_root() / f"{child.name}-{child.hash()}"
+        key = entry_key(child, self.init_overrides)
+        folder = cache_root() / f"{child.name}-{key}"
         final = folder / "final.pt"
-        if final.exists():
+        if (folder / ENTRY).exists():
             self.log(f"  reusing {dep.describe()} from {folder}")
-            return load_final_graph(final)
+            return verified_final(folder, key)
         folder.mkdir(parents=True, exist_ok=True)
         # another run may be training it right now (the main process speaks for the run)
         with run_lock(folder, wait=True, log=self.log) if self.main else nullcontext():
-            if final.exists():
-                return load_final_graph(final)
+            if (folder / ENTRY).exists() or final.exists():  # a final.pt without a record is refused there
+                return verified_final(folder, key)
             self.log(f"  training {dep.describe()} first (cached in {folder})")
             resume = has_checkpoint(folder / "checkpoints")  # an interrupted earlier attempt
             type(self)(
@@ -102,7 +112,10 @@ class InitActions:
                 init_overrides=self.init_overrides,
                 locked=True,
             ).run()
-        return load_final_graph(final)
+            if self.main:
+                record_entry(folder, key)
+        self.accelerator.wait_for_everyone()  # the record exists for every process
+        return verified_final(folder, key)
 
     def _snapshot(self) -> dict[str, Any]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.graph.state_dict().items()}
@@ -139,3 +152,31 @@ class InitActions:
         for name in stage_plan.fit:
             self.graph.nodes[name].fit_end()
             self.log(f"  fitted {name} on {len(loader)} batches")
+
+
+def record_entry(folder: Path, key: str) -> None:
+    """Write `folder`'s entry.json: its key and the SHA-256 and size of the final.pt just trained there."""
+    blob = read_bytes(folder / "final.pt", CHECKPOINT, within=folder)
+    record = {"format": 1, "key": key, "final": {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}}
+    tmp = folder / f".{ENTRY}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, folder / ENTRY)
+
+
+def verified_final(folder: Path, key: str) -> dict[str, Any]:
+    """The graph weights of a cached dependency's final.pt, only when its bytes are those entry.json records."""
+    final = folder / "final.pt"
+    fix = f"remove {folder} (or `kdgraph cache clear`) to train it again"
+    try:
+        record = read_json(folder / ENTRY, CACHE_META, within=folder)
+    except KDGraphError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("final"), dict) or record.get("key") != key:
+        raise CheckpointError(f"{final}: the cached dependency has no valid record of it ({ENTRY}); {fix}")
+    blob = read_bytes(final, CHECKPOINT, within=folder)
+    if hashlib.sha256(blob).hexdigest() != record["final"].get("sha256"):
+        raise CheckpointError(f"{final} is not the file trained there (its SHA-256 differs from {ENTRY}'s); {fix}")
+    state = load_weights(blob, str(final))
+    if not isinstance(state, dict) or not isinstance(state.get("graph"), dict):
+        raise CheckpointError(f"{final} is not a kdgraph final.pt (no 'graph' weights); {fix}")
+    return state["graph"]
