@@ -122,11 +122,13 @@ def read_bytes(path: str | Path, kind: FileKind, within: str | Path | None = Non
     path = Path(path)
     with open_bounded(path, kind, within) as fh:
         try:
-            blob = fh.read(kind.max_bytes + 1)
+            # the checked size, not the bound: read(n) allocates n bytes first (64 GiB for a checkpoint)
+            size = min(os.fstat(fh.fileno()).st_size, kind.max_bytes)
+            blob = fh.read(size + 1)
         except OSError as e:
             raise _refuse(path, kind, f"cannot read {kind.what}: {e.strerror or e}") from None
-    if len(blob) > kind.max_bytes:
-        raise _refuse(path, kind, f"{kind.what} is over {kind.max_bytes:,} bytes")
+    if len(blob) > size:
+        raise _refuse(path, kind, f"{kind.what} grew while it was read (over {size:,} bytes); read it again later")
     return blob
 
 

@@ -85,12 +85,12 @@ class InitActions:
         final = folder / "final.pt"
         if final.exists():
             self.log(f"  reusing {dep.describe()} from {folder}")
-            return load_final_graph(final)
+            return load_final_graph(final, within=folder)
         folder.mkdir(parents=True, exist_ok=True)
         # another run may be training it right now (the main process speaks for the run)
         with run_lock(folder, wait=True, log=self.log) if self.main else nullcontext():
             if final.exists():
-                return load_final_graph(final)
+                return load_final_graph(final, within=folder)
             self.log(f"  training {dep.describe()} first (cached in {folder})")
             resume = has_checkpoint(folder / "checkpoints")  # an interrupted earlier attempt
             type(self)(
@@ -102,7 +102,7 @@ class InitActions:
                 init_overrides=self.init_overrides,
                 locked=True,
             ).run()
-        return load_final_graph(final)
+        return load_final_graph(final, within=folder)
 
     def _snapshot(self) -> dict[str, Any]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.graph.state_dict().items()}
