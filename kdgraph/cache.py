@@ -20,6 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import KDGraphError
+from .files import CACHE_META, read_json
+
 CACHE_ENV = "KDGRAPH_CACHE"
 META = "meta"
 OUTPUTS = "outputs"  # train.cache's file stores (kdgraph/output_cache.py)
@@ -34,10 +37,15 @@ def cache_root() -> Path:
 
 
 def read_meta(name: str) -> Any | None:
-    """A JSON catalogue kdgraph wrote earlier (None when absent or unreadable: it is rebuilt)."""
+    """A JSON catalogue kdgraph wrote earlier (None when absent or unreadable: it is rebuilt).
+
+    Read through the bounded reader, so a FIFO, device, link out of the cache or garbage in its place is
+    absent too (never a hang): write_meta then replaces it with a regular file.
+    """
+    root = cache_root()
     try:
-        return json.loads((cache_root() / META / name).read_text())
-    except (OSError, ValueError):
+        return read_json(root / META / name, CACHE_META, within=root)
+    except KDGraphError:
         return None
 
 

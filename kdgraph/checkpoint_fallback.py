@@ -11,12 +11,12 @@ bytes match its name. Everything is loaded weights-only.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, KDGraphError
+from .files import CHECKPOINT, RUN_FILE, check_within, read_bytes, read_json
 from .safe_load import load_weights
 
 HASH_CHARS = 16
@@ -30,9 +30,9 @@ def checkpoint_name(step: int, blob: bytes, digest: str | None = None) -> str:
 
 def read_pointer(folder: Path) -> dict[str, Any] | None:
     """latest.json when it is a mapping naming a checkpoint file in `folder`; None when it is not."""
-    try:
-        meta = json.loads((folder / "latest.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+    try:  # bounded, and inside the run folder (a linked-out checkpoints/ is not read)
+        meta = read_json(folder / "latest.json", RUN_FILE, within=folder.parent)
+    except KDGraphError:
         return None
     if not isinstance(meta, dict) or not isinstance(meta.get("file"), str) or not NAME_RE.match(meta["file"]):
         return None  # also refuses a name that walks out of the folder ("../x.pt")
@@ -53,9 +53,9 @@ def _candidates(folder: Path) -> list[Path]:
 
 def _verified(path: Path, sha256: str | None) -> dict[str, Any] | None:
     """The state in `path` when its bytes match `sha256` (or its name's hash) and it loads; else None."""
-    try:
-        blob = path.read_bytes()
-    except OSError:
+    try:  # a regular file inside the run folder (`path.parent` is its checkpoints/)
+        blob = read_bytes(path, CHECKPOINT, within=path.parent.parent)
+    except KDGraphError:
         return None
     digest = hashlib.sha256(blob).hexdigest()
     m = NAME_RE.match(path.name)
@@ -71,6 +71,7 @@ def _verified(path: Path, sha256: str | None) -> dict[str, Any] | None:
 
 def load_newest_intact(folder: Path) -> tuple[dict[str, Any], str | None]:
     """The checkpoint to resume from and, when it is not the one latest.json names, a line saying why."""
+    check_within(folder, folder.parent, CHECKPOINT)  # checkpoints/ linked into another run: refused, not read
     meta = read_pointer(folder)
     skipped: list[str] = []
     if meta is not None:

@@ -104,20 +104,6 @@ class RunResults:
     top1: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> port -> %
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a truncated last line (a killed run) is skipped."""
-    records = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 def run_results(records: list[dict[str, Any]]) -> RunResults:
     """The last `train` record's losses and the last `eval` record's top-1, for each stage."""
     out = RunResults()
@@ -131,30 +117,26 @@ def run_results(records: list[dict[str, Any]]) -> RunResults:
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "run.json").is_file()
+    run_json = path / "run.json"
+    return path.is_dir() and (run_json.exists() or run_json.is_symlink())
 
 
 def load_run(run_dir: Path) -> tuple[GraphSpec, RunResults]:
     """The spec a run trained (its resolved spec.yaml, paths relative to its source) and its results."""
-    from . import yaml12
+    from .run_files import read_metrics, read_run_info, read_run_spec
 
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DrawError(f"{run_dir}/run.json: unreadable ({e})") from None
-    if not isinstance(info, dict):
-        raise DrawError(f"{run_dir}/run.json: not what kdgraph writes (a mapping)")
-    source = info.get("source")
-    if (run_dir / "spec.yaml").is_file():
-        # the resolved spec is what ran, even if the graph file changed since (read with the bounded reader)
-        doc, _, _ = yaml12.parse(yaml12.read_graph_text(run_dir / "spec.yaml"), str(run_dir / "spec.yaml"))
-        spec = load_for_drawing(source or run_dir / "spec.yaml", [], document=doc)
-    elif source:
-        spec = load_for_drawing(source, list(info.get("overrides") or []))
+    info = read_run_info(run_dir)  # every file typed and bounded, and read before any work: a bad one is a RunError
+    saved = read_run_spec(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    records = read_metrics(metrics, within=run_dir) if metrics.exists() or metrics.is_symlink() else None
+    if saved is not None:
+        # the resolved spec is what ran, even if the graph file changed since
+        spec = load_for_drawing(info.source or saved.path, [], document=saved.doc)
+    elif info.source:
+        spec = load_for_drawing(info.source, info.overrides)
     else:
         raise DrawError(f"{run_dir}: no spec.yaml and no source in run.json")
-    metrics = run_dir / "metrics.jsonl"
-    return spec, run_results(read_metrics(metrics)) if metrics.is_file() else RunResults()
+    return spec, run_results(records) if records is not None else RunResults()
 
 
 # ----------------------------------------------------------------------------- spec and plan, nothing run

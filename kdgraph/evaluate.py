@@ -26,7 +26,7 @@ def _model_and_data(target: Path) -> tuple[torch.nn.Module, dict[str, Any] | Non
             export_run(target, Path(tmp) / "model.pt", torchscript=False)
             model = load_exported(Path(tmp) / "model.pt", raw=True)
         return model, dict(_read_final(target)["spec"].get("data") or {})
-    if not target.is_file():
+    if not target.exists() and not target.is_symlink():  # a FIFO or device: the bounded reader says so
         raise RunError(f"{target}: neither a run directory nor an exported model.pt")
     return load_exported(target, raw=True), None
 
@@ -64,6 +64,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         kinds = "cifar10, cifar100, digits, synthetic"
         raise RunError(f"kdgraph eval reads in-memory datasets ({kinds}), not {cfg['dataset']}")
     result = score(model, test.images, test.labels, args.batch_size)
-    print(f"{args.target}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-          f"({result['images']} test images of {cfg['dataset']})")
+    print(
+        f"{args.target}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+        f"({result['images']} test images of {cfg['dataset']})"
+    )
     return 0

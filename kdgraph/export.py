@@ -297,9 +297,9 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu", ra
     ``forward`` takes images normalised as in training (``model.normalize``: mean, std); with ``raw=True``
     it takes them as the dataset gives them, uint8 0..255 or floats in [0, 1] (``preprocess.RawImages``).
     """
-    if not Path(path).is_file():
+    if not Path(path).exists() and not Path(path).is_symlink():
         raise CheckpointError(f"cannot read exported model {str(path)!r}: no such file")
-    record = load_weights(Path(path), f"exported model {str(path)!r}")  # data, never code
+    record = load_weights(Path(path), f"exported model {str(path)!r}")  # data, never code; a regular file only
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a kdgraph export (format {FORMAT})")
     model = build_deployed(record)
@@ -317,10 +317,10 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu", ra
 
 def _read_final(run_dir: Path) -> dict[str, Any]:
     final = run_dir / "final.pt"
-    if not final.exists():
+    if not final.exists() and not final.is_symlink():
         what = "an unfinished run (resume it first)" if (run_dir / "run.json").exists() else "not a run directory"
         raise RunError(f"{run_dir} has no final.pt: {what}")
-    record = load_weights(final, str(final))
+    record = load_weights(final, str(final), within=run_dir)  # final.pt of this run, not a link out of it
     if not isinstance(record, dict) or not isinstance(record.get("graph"), dict):
         raise RunError(f"{final} is not a kdgraph final.pt")
     return record

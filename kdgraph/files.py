@@ -121,16 +121,14 @@ def read_bytes(path: str | Path, kind: FileKind, within: str | Path | None = Non
     """The whole file, at most ``kind.max_bytes`` (a file that grows after the check is cut and refused)."""
     path = Path(path)
     with open_bounded(path, kind, within) as fh:
-        try:  # in pieces: read(max_bytes + 1) would allocate the whole bound (64 GiB for a checkpoint) up front
-            parts, total = [], 0
-            while total <= kind.max_bytes and (part := fh.read(min(64 * MiB, kind.max_bytes + 1 - total))):
-                parts.append(part)
-                total += len(part)
-            blob = b"".join(parts)
+        try:
+            # the checked size, not the bound: read(n) allocates n bytes first (64 GiB for a checkpoint)
+            size = min(os.fstat(fh.fileno()).st_size, kind.max_bytes)
+            blob = fh.read(size + 1)
         except OSError as e:
             raise _refuse(path, kind, f"cannot read {kind.what}: {e.strerror or e}") from None
-    if len(blob) > kind.max_bytes:
-        raise _refuse(path, kind, f"{kind.what} is over {kind.max_bytes:,} bytes")
+    if len(blob) > size:
+        raise _refuse(path, kind, f"{kind.what} grew while it was read (over {size:,} bytes); read it again later")
     return blob
 
 

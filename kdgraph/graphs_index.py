@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from .files import GRAPH, read_text
+
 REGENERATE = "python -m kdgraph.graphs_index"
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 
@@ -72,7 +74,7 @@ def _published(entries: Any) -> str:
 
 
 def _doc(path: Path) -> dict[str, Any]:
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = yaml.safe_load(read_text(path, GRAPH)) or {}
     if doc.get("extends") and not doc.get("cite"):  # a child file inherits its parent's citation
         doc["cite"] = _doc(path.parent / doc["extends"]).get("cite", "")
     return doc

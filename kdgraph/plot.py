@@ -10,14 +10,13 @@ Reads each run's ``metrics.jsonl`` (``kind: train`` records carry ``loss``, ``lo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .draw import read_metrics
 from .errors import KDGraphError
+from .run_files import read_metrics, read_run_info
 
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -117,10 +116,8 @@ def run_curves(records: list[dict[str, Any]], label: str, x: str = "step") -> Ru
 
 def run_label(run_dir: Path) -> str:
     """'<graph name>/<run folder>' from run.json, or the folder's path."""
-    try:
-        name = json.loads((run_dir / "run.json").read_text()).get("name")
-    except (OSError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):  # AttributeError: not a mapping
-        name = None
+    run_json = run_dir / "run.json"
+    name = read_run_info(run_dir).name if run_json.exists() or run_json.is_symlink() else None
     return f"{name}/{run_dir.name}" if name and name != run_dir.name else str(run_dir)
 
 
@@ -137,9 +134,9 @@ def load_runs(run_dirs: list[str | Path], labels: list[str] | None = None, x: st
         metrics = d / "metrics.jsonl"
         if not d.is_dir():
             raise PlotError(f"{d}: no such run directory")
-        if not metrics.is_file():
+        if not metrics.exists() and not metrics.is_symlink():
             raise PlotError(f"{d}: no metrics.jsonl (is it a run directory? kdgraph run writes one)")
-        records = read_metrics(metrics)
+        records = read_metrics(metrics, within=d)
         if not records:
             raise PlotError(f"{metrics}: no records yet")
         runs.append(run_curves(records, name, x))

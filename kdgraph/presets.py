@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Problem, SpecError
-from .yaml12 import parse, read_graph_text
+from .files import PRESET, read_text
+from .yaml12 import parse
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "graphs" / "presets"
 PRESET_KEYS = ("kdgraph_preset", "title", "nets", "data", "train", "stage_epochs", "vars", "graphs")
@@ -49,9 +50,9 @@ def available(graph_file: str | None = None) -> list[str]:
 def find_preset(name: str, graph_file: str | None) -> Path | None:
     if name.endswith((".yaml", ".yml")) or "/" in name:
         path = Path(name).expanduser()
-        return path if path.is_file() else None
+        return path if path.exists() else None  # not a regular file: the bounded reader says so
     for d in preset_dirs(graph_file):
-        if (d / f"{name}.yaml").is_file():
+        if (d / f"{name}.yaml").exists():
             return d / f"{name}.yaml"
     return None
 
@@ -69,7 +70,7 @@ def load_preset(name: Any, graph_file: str | None) -> tuple[dict | None, list[Pr
         hint = f"known presets: {', '.join(known)}" if known else "add one as graphs/presets/NAME.yaml"
         return None, [_problem(f"no preset {name!r}", hint)]
     try:  # the graph file's reader: bounded, and YAML 1.2 (`cache: off` is the string "off")
-        preset, _lines, problems = parse(read_graph_text(path), str(path))
+        preset, _lines, problems = parse(read_text(path, PRESET), str(path))
     except SpecError as e:
         return None, e.problems
     if problems:

@@ -31,10 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .draw import read_metrics
 from .errors import KDGraphError
+from .run_files import read_metrics, read_run_info, read_run_spec, read_sweep_manifest
 
 MANIFEST = "sweep.json"
 STD_NOTE = "mean ± sample standard deviation (ddof = 1) over n runs (seeds)"
@@ -62,20 +60,17 @@ class RunResult:
 
 
 def read_run(run_dir: Path, variant: str | None = None) -> RunResult:
-    """One run's final-stage top-1 (best and last), throughput and peak memory from its files."""
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        info = {}
-    spec_file = run_dir / "spec.yaml"
-    spec = (yaml.safe_load(spec_file.read_text()) or {}) if spec_file.is_file() else {}
+    """One run's final-stage top-1 (best and last), throughput and peak memory from its files (typed: run_files)."""
+    info = read_run_info(run_dir, missing_ok=True)
+    saved = read_run_spec(run_dir)
+    spec = saved.doc if saved else {}
     metrics = run_dir / "metrics.jsonl"
-    records = read_metrics(metrics) if metrics.is_file() else []
+    records = read_metrics(metrics, within=run_dir) if metrics.exists() or metrics.is_symlink() else []
     run = RunResult(
         run_dir,
-        str(info.get("name") or spec.get("name") or run_dir.name),
+        str(info.name or spec.get("name") or run_dir.name),
         variant,
-        list(info.get("overrides") or []),
+        list(info.overrides),
         (run_dir / "summary.json").is_file(),
         spec,
     )
@@ -103,14 +98,14 @@ def find_runs(paths: list[str | Path]) -> list[RunResult]:
         before = len(runs)
         if not path.is_dir():
             raise ReportError(f"{path}: no such directory (give sweep or run directories)")
-        if (path / MANIFEST).is_file():
-            manifest = json.loads((path / MANIFEST).read_text())
+        if (path / MANIFEST).exists():
+            manifest = read_sweep_manifest(path, required=("runs",), job_required=("dir",))  # what a table needs
             runs += [
                 read_run(path / r["dir"], r.get("variant") or "")
                 for r in manifest["runs"]
                 if (path / r["dir"]).is_dir()
             ]
-        elif (path / "run.json").is_file():
+        elif (path / "run.json").exists():
             runs.append(read_run(path))
         else:
             # runs/cache holds the dependencies (teachers) that runs trained first, not results

@@ -23,7 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError
+from .errors import KDGraphError, RunError
+from .files import RUN_FILE, read_json, read_text
+from .run_files import read_run_info as read_run_info_file
 
 MARKER = ".kdgraph-run"
 FORMAT = 1
@@ -55,8 +57,8 @@ def write_marker(run_dir: Path) -> None:
 def marker_format(run_dir: Path) -> int | None:
     """The marker's format version, or None when `run_dir` has no (readable) marker."""
     try:
-        info = json.loads((run_dir / MARKER).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+        info = read_json(run_dir / MARKER, RUN_FILE, within=run_dir)
+    except KDGraphError:  # missing, not a regular file, a link out, not JSON: not a marker
         return None
     value = info.get("format") if isinstance(info, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -115,20 +117,15 @@ def run_lock(run_dir: Path, wait: bool = False, log: Any = None) -> Iterator[Non
 def read_run_info(run_dir: Path) -> tuple[str, list[str]]:
     """(graph file, overrides) of the run in `run_dir`, from run.json; RunError for anything else."""
     info_path = run_dir / "run.json"
-    if not info_path.is_file():
+    if not info_path.exists() and not info_path.is_symlink():
         raise RunError(f"{run_dir} is not a run directory (no run.json); start it with kdgraph run GRAPH --out DIR")
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise RunError(f"{info_path} is unreadable ({type(e).__name__}); start a new run instead") from None
-    source = info.get("source") if isinstance(info, dict) else None
-    overrides = info.get("overrides") if isinstance(info, dict) else None
-    if not isinstance(source, str) or not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+    info = read_run_info_file(run_dir, fix="; start a new run instead")  # bounded, each field typed
+    if info.source is None:
         raise RunError(
             f"{info_path} is not what kdgraph writes (a graph file 'source' and a list of 'overrides'); "
             "start a new run instead"
         )
-    return source, overrides
+    return info.source, info.overrides
 
 
 def check_spec_unchanged(run_dir: Path, resolved: str, spec_hash: str) -> None:
@@ -137,11 +134,10 @@ def check_spec_unchanged(run_dir: Path, resolved: str, spec_hash: str) -> None:
     (A changed graph file changes the hash, which the checkpoint's own check reports.)
     """
     saved = run_dir / "spec.yaml"
-    try:
-        text = saved.read_text()
-        started = json.loads((run_dir / "run.json").read_text()).get("hash")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+    if not saved.exists() and not saved.is_symlink():
         return  # no copy to compare (an old run): the checkpoint's graph hash still guards the resume
+    text = read_text(saved, RUN_FILE, within=run_dir)  # a FIFO, link out or non-UTF-8 copy: one RunError
+    started = read_run_info_file(run_dir, fix="; start a new run instead").hash
     if started == spec_hash and text != resolved:
         raise RunError(
             f"{saved} was edited after the run started; a resume trains the graph it started with, so the edit "

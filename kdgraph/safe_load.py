@@ -18,19 +18,29 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from .errors import CheckpointError
+from .files import CHECKPOINT, open_bounded
 
 CONVERT = "python -m kdgraph.safe_load"
 
 
-def load_weights(source: str | Path | bytes, what: str | None = None) -> Any:
-    """``torch.load(source, weights_only=True)`` on CPU; one-line CheckpointError otherwise."""
+def load_weights(source: str | Path | bytes, what: str | None = None, within: str | Path | None = None) -> Any:
+    """``torch.load(source, weights_only=True)`` on CPU; one-line CheckpointError otherwise.
+
+    A path is opened by the bounded reader (a regular file, inside `within` when given), never by torch.
+    """
     label = what or f"checkpoint {source}"
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    if isinstance(source, bytes):
+        return _load_stream(io.BytesIO(source), source, label)
+    with open_bounded(source, CHECKPOINT, within) as stream:
+        return _load_stream(stream, source, label)
+
+
+def _load_stream(stream: BinaryIO, source: str | Path | bytes, label: str) -> Any:
     try:
         return torch.load(stream, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -47,9 +57,9 @@ def load_weights(source: str | Path | bytes, what: str | None = None) -> Any:
         raise CheckpointError(f"{label}: unreadable, corrupt or not a torch.save file ({_first_line(e)})") from None
 
 
-def load_final_graph(path: Path) -> dict[str, Any]:
+def load_final_graph(path: Path, within: str | Path | None = None) -> dict[str, Any]:
     """The graph weights of a run's final.pt (a cached ``init: {from:}`` result), weights-only."""
-    record = load_weights(path, f"{path}")
+    record = load_weights(path, f"{path}", within)
     if not isinstance(record, dict) or not isinstance(record.get("graph"), dict):
         raise CheckpointError(f"{path} is not a kdgraph final.pt (no 'graph' weights); delete it to retrain")
     return record["graph"]
@@ -126,7 +136,8 @@ _DROP = object()
 
 def convert(src: str | Path, dst: str | Path) -> list[str]:
     """Fully unpickle `src` (the user vouches for it) and save its plain part to `dst`; the dropped places."""
-    state = torch.load(src, map_location="cpu", weights_only=False)
+    with open_bounded(src, CHECKPOINT) as stream:  # the user vouches for the contents, not for the path
+        state = torch.load(stream, map_location="cpu", weights_only=False)
     dropped: list[str] = []
     out = plain(state, dropped)
     if out is _DROP:

@@ -33,6 +33,7 @@ from typing import Any
 
 from .args import split_args
 from .errors import RunError, SpecError
+from .run_files import JOB, read_sweep_manifest
 
 MANIFEST = "sweep.json"
 INTERRUPTED = (130, 143)  # 128 + SIGINT, 128 + SIGTERM: the run checkpointed and stopped on request
@@ -54,7 +55,8 @@ class Job:
         folder = root / self.dir
         if (folder / "summary.json").is_file():
             return "done"
-        return "partial" if (folder / "run.json").is_file() else "new"
+        run_json = folder / "run.json"
+        return "partial" if run_json.exists() or run_json.is_symlink() else "new"  # a bad one: --resume says why
 
     def argv(self, root: Path, graph: str) -> list[str]:
         """The `kdgraph run` command line that starts or continues this run."""
@@ -180,11 +182,8 @@ def open_sweep(sweep: Sweep, out: str | Path | None) -> Path:
     """The sweep directory: made with its manifest, or an earlier one of the same sweep, extended."""
     root = Path(out) if out else Path("runs") / sweep.name / f"sweep-{sweep.key()}"
     manifest = root / MANIFEST
-    if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text())
-        except ValueError as e:
-            raise RunError(f"{manifest} is unreadable ({e}); choose another --out") from None
+    if manifest.exists() or manifest.is_symlink():
+        old = read_sweep_manifest(root, fix="; choose another --out")  # typed: a malformed one is one line
         mine = sweep.to_json()
         for k in ("graph", "overrides", "grid"):
             if old.get(k) != mine[k]:
@@ -193,9 +192,9 @@ def open_sweep(sweep: Sweep, out: str | Path | None) -> Path:
                     "choose another --out or repeat the original command"
                 )
         known = {r["dir"] for r in mine["runs"]}
-        earlier = [Job(**r) for r in old.get("runs", []) if r["dir"] not in known]
+        earlier = [Job(**{k: r[k] for k in JOB}) for r in old["runs"] if r["dir"] not in known]
         sweep.jobs = earlier + sweep.jobs  # runs of more seeds asked for earlier are kept
-        sweep.seeds = sorted(set(old.get("seeds", [])) | set(sweep.seeds))
+        sweep.seeds = sorted(set(old["seeds"]) | set(sweep.seeds))
     elif root.exists() and any(root.iterdir()):
         raise RunError(f"{root} exists, is not empty and holds no {MANIFEST}; choose another --out")
     root.mkdir(parents=True, exist_ok=True)
@@ -207,8 +206,8 @@ def open_sweep(sweep: Sweep, out: str | Path | None) -> Path:
 
 def load_manifest(root: Path) -> Sweep:
     """The sweep a directory's sweep.json describes."""
-    data = json.loads((root / MANIFEST).read_text())
-    jobs = [Job(**r) for r in data["runs"]]
+    data = read_sweep_manifest(root)
+    jobs = [Job(**{k: r[k] for k in JOB}) for r in data["runs"]]
     return Sweep(data["graph"], data["name"], data["overrides"], data["grid"], data["seeds"], jobs)
 
 
@@ -244,9 +243,10 @@ def dependency_waves(sweep: Sweep, jobs: list[Job]) -> list[list[Job]]:
 
 
 def _inits(graph: str) -> list[Any]:
-    import yaml
+    from . import yaml12
 
-    doc = yaml.safe_load(Path(graph).read_text()) or {}
+    doc, _, _ = yaml12.parse(yaml12.read_graph_text(Path(graph)), graph)  # load_spec has read it: it is a graph
+    doc = doc if isinstance(doc, dict) else {}
     nodes = [n.get("init") for n in (doc.get("nodes") or {}).values() if isinstance(n, dict)]
     stages = [s.get("init") for s in (doc.get("stages") or []) if isinstance(s, dict)]
     return [i for i in nodes + stages if i]

@@ -20,6 +20,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..errors import CheckpointError, RunError
+from ..files import METRICS, open_bounded, read_bytes
 from ..nan_guard import refuse_nonfinite
 from ..rng import rng_state
 from ..run_guard import RUN_ENTRIES, clear_run, write_marker
@@ -147,14 +148,15 @@ class RunFiles:
         """Lines of metrics.jsonl, made durable first: the checkpoint about to name them must find them."""
         if not self.metrics_path.exists():
             return 0
-        with open(self.metrics_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        with open_bounded(self.metrics_path, METRICS, within=self.run_dir) as fh:
+            os.fsync(fh.fileno())  # fsync flushes the file, whichever descriptor asks
             return sum(1 for _ in fh)
 
     def _truncate_metrics(self, lines: int) -> None:
-        if self.main and self.metrics_path.exists():
-            kept = self.metrics_path.read_text().splitlines(keepends=True)[:lines]
-            ckpt.atomic_write_bytes(self.metrics_path, "".join(kept).encode())
+        if self.main and (self.metrics_path.exists() or self.metrics_path.is_symlink()):
+            blob = read_bytes(self.metrics_path, METRICS, within=self.run_dir)  # a FIFO or link out: RunError
+            kept = blob.splitlines(keepends=True)[:lines]
+            ckpt.atomic_write_bytes(self.metrics_path, b"".join(kept))
 
     def _save(self, pos: Position, optimizer, acc_state: dict[str, Any]) -> None:
         self.accelerator.wait_for_everyone()
@@ -207,7 +209,7 @@ class RunFiles:
                     if name not in {st.name for st in self.spec.stages}:  # a name, never a path
                         raise ValueError(f"unknown stage {name!r} in {kind}")
                     side = self.run_dir / kind / f"{name}.pt"
-                    target[name] = load_weights(side, f"{side} (start a new run if it is lost)")
+                    target[name] = load_weights(side, f"{side} (start a new run if it is lost)", self.run_dir)
             self.best, self.last_eval = state["best"], state["last_eval"]
             self.stage_results = state.get("stage_results", {})
             self._truncate_metrics(state["metrics_lines"])
