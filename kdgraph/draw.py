@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import KDGraphError, SpecError
+from .plugin_trust import NO_PLUGINS, PluginChoice
 
 if TYPE_CHECKING:  # the CLI imports this module on every start: the engine is imported when drawing
     from .plan import NodeFacts, Plan, StagePlan
@@ -134,9 +135,14 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (path / "run.json").is_file()
 
 
-def load_run(run_dir: Path) -> tuple[GraphSpec, RunResults]:
-    """The spec a run trained (its resolved spec.yaml, paths relative to its source) and its results."""
+def load_run(run_dir: Path, plugins: PluginChoice = NO_PLUGINS) -> tuple[GraphSpec, RunResults]:
+    """The spec a run trained (its resolved spec.yaml, paths relative to its source) and its results.
+
+    The plugins the run records are imported only as `plugins` allows (named again, or trusted).
+    """
     from . import yaml12
+    from .catalog import admitted
+    from .plugin_trust import Admission, run_records
 
     try:
         info = json.loads((run_dir / "run.json").read_text())
@@ -145,12 +151,16 @@ def load_run(run_dir: Path) -> tuple[GraphSpec, RunResults]:
     if not isinstance(info, dict):
         raise DrawError(f"{run_dir}/run.json: not what kdgraph writes (a mapping)")
     source = info.get("source")
+    base = Path(source).parent if isinstance(source, str) else run_dir
     if (run_dir / "spec.yaml").is_file():
         # the resolved spec is what ran, even if the graph file changed since (read with the bounded reader)
         doc, _, _ = yaml12.parse(yaml12.read_graph_text(run_dir / "spec.yaml"), str(run_dir / "spec.yaml"))
-        spec = load_for_drawing(source or run_dir / "spec.yaml", [], document=doc)
+        records = run_records(run_dir, doc.get("plugins") if isinstance(doc, dict) else None, base)
+        with admitted(Admission(str(run_dir), records, plugins)):  # no code of the run's own choosing
+            spec = load_for_drawing(source or run_dir / "spec.yaml", [], document=doc)
     elif source:
-        spec = load_for_drawing(source, list(info.get("overrides") or []))
+        with admitted(Admission(str(run_dir), run_records(run_dir, None, base), plugins)):
+            spec = load_for_drawing(source, list(info.get("overrides") or []))
     else:
         raise DrawError(f"{run_dir}: no spec.yaml and no source in run.json")
     metrics = run_dir / "metrics.jsonl"
@@ -739,8 +749,11 @@ def diagram_of(
     stage: str | None = None,
     legend: bool = True,
     direction: str = "LR",
+    plugins: PluginChoice = NO_PLUGINS,
 ) -> Diagram:
     """The diagram of a graph file (with overrides) or of a run directory (with its final results)."""
+    from .plugin_trust import refuse_for_graph_file
+
     path = Path(target)
     results = None
     if path.is_dir():
@@ -748,8 +761,9 @@ def diagram_of(
             raise DrawError(f"{path} is not a run directory (no run.json) nor a graph file")
         if overrides:
             raise DrawError("a run directory takes no overrides: the run's own spec is drawn")
-        spec, results = load_run(path)
+        spec, results = load_run(path, plugins)
     else:
+        refuse_for_graph_file(plugins)
         spec = load_for_drawing(path, list(overrides or []))
     plan, facts, refs = plan_for_drawing(spec)
     return build_diagram(spec, plan, facts, refs, stage=stage, results=results, legend=legend, direction=direction)
@@ -766,7 +780,16 @@ def cmd_draw(args: argparse.Namespace) -> int:
         raise DrawError("give either -o FILE (.svg .png .pdf .dot .mmd) or --format dot|mmd to print the source")
     if args.output:
         check_output(Path(args.output))
-    d = diagram_of(files[0], overrides, stage=args.stage, legend=not args.no_legend, direction=args.direction)
+    from .plugin_trust import choice_of
+
+    d = diagram_of(
+        files[0],
+        overrides,
+        stage=args.stage,
+        legend=not args.no_legend,
+        direction=args.direction,
+        plugins=choice_of(args),
+    )
     if args.format:
         print(to_dot(d) if args.format == "dot" else to_mermaid(d), end="")
         return 0

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from ..cache import CACHE_ENV, cache_root
+from ..catalog import plugin_records
 from ..checkpoint import has_checkpoint
 from ..console import plural
 from ..data import Loader
@@ -21,6 +22,7 @@ from ..deps import load_dependency
 from ..errors import CheckpointError
 from ..nets.checkpoint import load_checkpoint
 from ..plan import StagePlan
+from ..plugin_trust import same_plugins
 from ..reinit import reinitialise
 from ..run_guard import run_lock
 from ..safe_load import load_final_graph
@@ -83,13 +85,16 @@ class InitActions:
         dep, child = load_dependency(self.spec, init, where, self.init_overrides)
         folder = cache_root() / f"{child.name}-{child.hash()}"
         final = folder / "final.pt"
+        plugins = plugin_records(child.doc.get("plugins"), child.base_dir)  # what its graph file imported now
         if final.exists():
+            same_plugins(folder, plugins)  # trained with other plugin code: refused, never used
             self.log(f"  reusing {dep.describe()} from {folder}")
             return load_final_graph(final)
         folder.mkdir(parents=True, exist_ok=True)
         # another run may be training it right now (the main process speaks for the run)
         with run_lock(folder, wait=True, log=self.log) if self.main else nullcontext():
             if final.exists():
+                same_plugins(folder, plugins)
                 return load_final_graph(final)
             self.log(f"  training {dep.describe()} first (cached in {folder})")
             resume = has_checkpoint(folder / "checkpoints")  # an interrupted earlier attempt
