@@ -215,6 +215,8 @@ def _load_file(
     if expected and digest != expected and gate is not None:
         gate.mismatch(name, path, digest, expected)
     module_name = file_module_name(path)
+    if gate is not None and path != entry:  # the user's copy of a file this process already ran: the same module
+        module_name = next((m for m, sha in _module_sha.items() if sha == digest and m in sys.modules), module_name)
     if module_name in sys.modules:  # loaded before in this process (validate, then run)
         _entry_sha[str(entry.resolve())] = _module_sha.get(module_name, digest)
         return sys.modules[module_name]

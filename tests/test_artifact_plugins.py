@@ -246,3 +246,13 @@ def test_a_cache_entry_trained_with_other_plugin_code_is_not_used(made, sentinel
     assert main(["run", str(parent), "--out", str(tmp_path / "run"), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained with other plugin code" in err[0], err
+
+
+def test_a_sweep_resumes_its_runs_with_the_plugins_its_graph_names(made, tmp_path) -> None:
+    from kdgraph.sweep import make_sweep
+
+    (job,) = make_sweep(str(made["graph"]), [], seeds=1).jobs
+    (tmp_path / job.dir).mkdir(parents=True)
+    (tmp_path / job.dir / "run.json").write_text("{}")  # a partial run: resumed
+    argv = job.argv(tmp_path, str(made["graph"]))
+    assert argv == ["run", "--resume", str(tmp_path / job.dir), "--plugins", str(made["plugin"])]
