@@ -295,8 +295,8 @@ def import_recorded(records: list[dict[str, Any]], where: str, choice: PluginCho
         for r in records:
             try:
                 load_plugin(r["name"] if r.get("module") else r["path"])
-            except PluginError as e:
-                raise PluginRefused(f"{where}: {e}" + (f" ({e.hint})" if e.hint else "")) from None
+            except PluginError as e:  # a trusted path gone, or a file that fails to import
+                raise PluginRefused(f"{where}: recorded plugin {r['name']}: {e}") from None
 
 
 def _export_records(record: dict[str, Any], where: str) -> list[dict[str, Any]]:

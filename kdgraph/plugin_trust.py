@@ -198,9 +198,9 @@ class Admission:
 
     def _refusal(self, record: dict[str, Any]) -> str:
         recorded = record.get("sha256")
-        what = f"sha256 {recorded}" if recorded else "its SHA-256 was not recorded: an older kdgraph wrote it"
+        verb, what = ("records", f"sha256 {recorded}") if recorded else ("names", "no SHA-256 recorded")
         head = (
-            f"{self.where}: records plugin file {record['name']} ({what}); "
+            f"{self.where}: {verb} plugin file {record['name']} ({what}); "
             "kdgraph imports no code a run folder or export names"
         )
         if self.given:

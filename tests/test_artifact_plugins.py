@@ -256,3 +256,16 @@ def test_a_sweep_resumes_its_runs_with_the_plugins_its_graph_names(made, tmp_pat
     (tmp_path / job.dir / "run.json").write_text("{}")  # a partial run: resumed
     argv = job.argv(tmp_path, str(made["graph"]))
     assert argv == ["run", "--resume", str(tmp_path / job.dir), "--plugins", str(made["plugin"])]
+
+
+def test_a_trusted_file_whose_hash_changed_is_reported(made, sentinel, tmp_path, caplog) -> None:
+    from kdgraph.export import load_exported
+
+    record = torch.load(made["model"], weights_only=True)
+    record["plugins"][0]["path"] = str(made["other"])  # the recorded path now holds other code
+    moved = tmp_path / "moved.pt"
+    torch.save(record, moved)
+    with caplog.at_level("WARNING", logger="kdgraph.plugins"):
+        load_exported(moved, trust_plugins=True)
+    assert sentinel.exists()
+    assert f"has SHA-256 {sha(made['other'])}" in caplog.text and f"recorded {sha(made['plugin'])}" in caplog.text
