@@ -24,12 +24,19 @@ process by ``load_builtins()``:
 Loading is idempotent: a file is imported once per process, under a module name derived from its
 resolved path, so validating and then running a graph imports its plugins once. A plugin that
 fails to import is rolled back (what it registered is removed again) and reported in one line.
+
+A plugin file is read once (bounded), hashed, and exactly those bytes run: nothing else is put on
+``sys.path`` and no bytecode is written beside it. ``plugin_records`` gives each file's SHA-256 for the
+run folder, ``final.pt``, exports and cache entries. Plugins an artifact records go through
+``admitted(...)`` (kdgraph/plugin_trust.py): inside it, ``load_plugin`` imports only what the user
+named again, so a run folder or an exported model never runs code of its own choosing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.abc
 import importlib.util
 import logging
 import os
@@ -38,21 +45,27 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import Problem
+from .errors import KDGraphError, Problem
+from .files import PLUGIN, read_bytes
 from .registry import REGISTRIES
 
 if TYPE_CHECKING:
+    from .plugin_trust import Admission
     from .spec import Locator
 
 ENTRY_POINT_GROUP = "kdgraph.plugins"
 _log = logging.getLogger("kdgraph.plugins")
 _entry_points_loaded = False
 _shown: dict[str, str] = {}  # module name of a plugin file -> the file as the graph names it (for messages)
+_module_sha: dict[str, str] = {}  # module name of a plugin file -> SHA-256 of the bytes it ran
+_entry_sha: dict[str, str] = {}  # resolved path a graph names -> SHA-256 of what was imported for it
+_admission: ContextVar[Admission | None] = ContextVar("kdgraph_plugin_admission", default=None)
 
 
 def load_builtins() -> None:
@@ -85,12 +98,62 @@ def file_module_name(path: Path) -> str:
     return f"kdgraph_plugin_{re.sub(r'[^0-9A-Za-z_]', '_', resolved.stem)}_{digest}"
 
 
+@contextmanager
+def admitted(admission: Admission) -> Iterator[None]:
+    """Within the block, every plugin import is one the admission allows (an artifact's plugins)."""
+    token = _admission.set(admission)
+    try:
+        yield
+    finally:
+        _admission.reset(token)
+
+
+def gated() -> bool:
+    """Whether plugin imports are gated now (an artifact is being read)."""
+    return _admission.get() is not None
+
+
 def load_plugin(name: str, base_dir: str | Path = ".") -> ModuleType:
-    """Import one plugin (a .py file relative to ``base_dir``, or a module name); raise ``PluginError``."""
+    """Import one plugin (a .py file relative to ``base_dir``, or a module name); raise ``PluginError``.
+
+    Inside ``admitted(...)`` the admission decides first (PluginRefused, before any import).
+    """
     load_builtins()  # built-ins first: a plugin reusing a built-in name is the plugin's error
+    gate = _admission.get()
     if is_file_plugin(name):
-        return _load_file(name, Path(base_dir) / name)
+        entry = Path(base_dir) / name
+        if gate is None:
+            return _load_file(name, entry, entry)
+        path, expected = gate.file_for(name, entry)
+        return _load_file(name, path, entry, expected, gate)
+    if gate is not None:
+        gate.module_for(name)
     return _load_module(name, Path(base_dir))
+
+
+def imported_sha256(path: str | Path) -> str | None:
+    """SHA-256 of what was imported for the plugin file a graph names at `path` (None: not imported)."""
+    return _entry_sha.get(str(Path(path).resolve()))
+
+
+def plugin_records(names: Any, base_dir: Path) -> list[dict[str, Any]]:
+    """What an artifact records of a graph's ``plugins:``: name as written, resolved path, SHA-256 of what ran."""
+    out: list[dict[str, Any]] = []
+    for name in names if isinstance(names, list) else []:
+        if not isinstance(name, str) or not name.strip():
+            continue
+        if not is_file_plugin(name):
+            out.append({"name": name, "module": True})
+            continue
+        path = (base_dir / name).resolve()
+        digest = imported_sha256(path)
+        if digest is None:  # not imported in this process (a spec loaded as data): the file as it is now
+            try:
+                digest = hashlib.sha256(read_bytes(path, PLUGIN)).hexdigest()
+            except KDGraphError:
+                digest = None
+        out.append({"name": name, "path": str(path), "sha256": digest})
+    return out
 
 
 def load_graph_plugins(names: list, base_dir: Path, locator: Locator) -> list[Problem]:
@@ -125,20 +188,49 @@ def load_entry_point_plugins() -> None:
 # ----------------------------------------------------------------------------- importing
 
 
-def _load_file(name: str, path: Path) -> ModuleType:
+class _VerifiedSource(importlib.abc.SourceLoader):
+    """Serves the bytes that were read and hashed: what runs is what was checked (and no .pyc is written)."""
+
+    def __init__(self, path: Path, source: bytes):
+        self.path, self.source = str(path), source
+
+    def get_filename(self, fullname: str) -> str:
+        return self.path
+
+    def get_data(self, path: str) -> bytes:
+        return self.source
+
+
+def _load_file(
+    name: str, path: Path, entry: Path, expected: str | None = None, gate: Admission | None = None
+) -> ModuleType:
+    """Import the plugin file `path` for the graph's entry `entry` (the same file unless an admission maps it)."""
     if not path.is_file():
         raise PluginError(f"plugin file {str(path)!r} does not exist", "plugin files are relative to the graph file")
+    try:
+        source = read_bytes(path, PLUGIN)
+    except KDGraphError as e:
+        raise PluginError(str(e)) from None
+    digest = hashlib.sha256(source).hexdigest()
+    if expected and digest != expected and gate is not None:
+        gate.mismatch(name, path, digest, expected)
     module_name = file_module_name(path)
-    if module_name in sys.modules:
-        return sys.modules[module_name]  # loaded before in this process (validate, then run)
-    spec = importlib.util.spec_from_file_location(module_name, path.resolve())
-    if spec is None or spec.loader is None:
+    if gate is not None and path != entry:  # the user's copy of a file this process already ran: the same module
+        module_name = next((m for m, sha in _module_sha.items() if sha == digest and m in sys.modules), module_name)
+    if module_name in sys.modules:  # loaded before in this process (validate, then run)
+        _entry_sha[str(entry.resolve())] = _module_sha.get(module_name, digest)
+        return sys.modules[module_name]
+    resolved = path.resolve()
+    loader = _VerifiedSource(resolved, source)
+    spec = importlib.util.spec_from_file_location(module_name, resolved, loader=loader)
+    if spec is None:
         raise PluginError(f"plugin {name!r} cannot be imported as a Python file")
     module = importlib.util.module_from_spec(spec)
     _shown[module_name] = name
-    with _rolled_back_on_error(name, module_name, path.resolve()):
+    with _rolled_back_on_error(name, module_name, resolved):
         sys.modules[module_name] = module  # registered first, as import does: dataclasses and pickling look it up
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
+    _module_sha[module_name] = _entry_sha[str(entry.resolve())] = digest
     return module
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from . import report, sweep  # torch-free modules that declare their own command
 from .args import split_args, with_preset
 from .errors import KDGraphError, SpecError
 from .last_resort import positive_int, unexpected_error_line
+from .plugin_trust import add_options as plugin_options
 
 
 def _graph_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -212,9 +214,38 @@ def _compact_ports(ports: list[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    with ExitStack() as stack:
+        return _run(args, stack)
+
+
+def _resume_gate(run_dir: Path, choice: Any) -> Any:
+    """Before anything of a run is imported: its graph (read as data) is the one it started with; then the
+    admission of its recorded plugins (kdgraph/plugin_trust.py)."""
+    from .errors import CheckpointError
+    from .files import RUN_FILE, read_json
+    from .plugin_trust import Admission, run_records
+    from .run_guard import check_spec_unchanged, read_run_info
+    from .spec import dump_resolved, load_spec
+
+    source, saved = read_run_info(run_dir)
+    identity = load_spec(source, saved, check_registry=False, import_plugins=False)
+    started = read_json(run_dir / "run.json", RUN_FILE, within=run_dir).get("hash")
+    if started is not None and started != identity.hash():
+        raise CheckpointError(
+            f"{run_dir} was started from a different graph (hash {started} != {identity.hash()}: {source} or its "
+            "overrides changed since); resume with the same graph and overrides"
+        )
+    check_spec_unchanged(run_dir, dump_resolved(identity), identity.hash())
+    return Admission(str(run_dir), run_records(run_dir, identity.doc.get("plugins"), identity.base_dir), choice)
+
+
+def _run(args: argparse.Namespace, stack: ExitStack) -> int:
+    from .catalog import admitted
     from .check import check_graph
     from .console import Console
     from .initcheck import check_inits
+    from .plugin_trust import choice_of, refuse_for_graph_file
+    from .run_guard import read_run_info
     from .train import Trainer, new_run_dir
 
     files, overrides = _graph_args(args)
@@ -225,17 +256,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "continues exactly (a larger train.epochs would re-lay the lr schedule over epochs already trained "
                 "and match neither run); to train longer, start a new run with the new train.epochs"
             )
-        from .run_guard import check_spec_unchanged, read_run_info
-        from .spec import dump_resolved
-
         run_dir = Path(args.resume)
+        gate = _resume_gate(run_dir, choice_of(args))  # the run's identity checked before any of its code runs
+        stack.enter_context(admitted(gate))  # its plugins only as named again now (or trusted)
         source, saved = read_run_info(run_dir)
         checked = check_graph(source, saved)  # built once and dry-run once, as a fresh run
         spec = checked.spec
-        check_spec_unchanged(run_dir, dump_resolved(spec), spec.hash())
         trainer = Trainer(checked, run_dir, log=Console(quiet=args.quiet), resume=True, stop_after=args.stop_after)
         created = False
     else:
+        refuse_for_graph_file(choice_of(args))
         if len(files) != 1:
             raise SpecError("run takes one graph file (and key=value overrides)")
         checked = check_graph(files[0], overrides)  # every problem before any directory is made
@@ -346,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines; errors and the result only"
     )
+    plugin_options(run, "the --resume run")
     run.set_defaults(func=cmd_run)
 
     val = _command(sub, "validate", "schema, meaning checks and a shape-checking dry run (an empty batch; 2 "
@@ -390,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--direction", choices=["LR", "TB", "RL", "BT"], default="LR", help="layout direction (default LR)")
     dr.add_argument("--no-legend", action="store_true", help="leave the legend out")
     dr.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
+    plugin_options(dr, "the run directory")
     dr.set_defaults(func=_lazy("draw", "cmd_draw"))
 
     pt = _command(sub, "plot", "plot loss, lr and top-1 curves of one or more runs (needs matplotlib)")
@@ -406,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--port", help="export this port instead of the graph's deploy port")
     ex.add_argument("--no-torchscript", action="store_true", help="do not write the traced OUT.ts")
     ex.add_argument("--check", action="store_true", help="evaluate the export on the run's test split and compare")
+    plugin_options(ex, "the run")
     ex.set_defaults(func=_lazy("export", "cmd_export"))
 
     ev = _command(sub, "eval", "top-1 and top-5 of a run's deployed model (or an exported model.pt) on a test split")
@@ -415,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--root", metavar="DIR", help="where the dataset lives (as data.root; default $KDGRAPH_DATA, "
                     "else ./data)")
     ev.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    plugin_options(ev, "the run or model.pt")
     ev.set_defaults(func=_lazy("evaluate", "cmd_eval"))
 
     ca = _command(sub, "cache", "list or clear kdgraph's cache of trained dependency graphs (teachers)",

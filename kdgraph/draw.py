@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import KDGraphError, SpecError
+from .plugin_trust import NO_PLUGINS, PluginChoice
 
 if TYPE_CHECKING:  # the CLI imports this module on every start: the engine is imported when drawing
     from .plan import NodeFacts, Plan, StagePlan
@@ -121,22 +122,31 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (run_json.exists() or run_json.is_symlink())
 
 
-def load_run(run_dir: Path) -> tuple[GraphSpec, RunResults]:
-    """The spec a run trained (its resolved spec.yaml, paths relative to its source) and its results."""
+def load_run(run_dir: Path, plugins: PluginChoice = NO_PLUGINS) -> tuple[GraphSpec, RunResults]:
+    """The spec a run trained (its resolved spec.yaml, paths relative to its source) and its results.
+
+    The plugins the run records are imported only as `plugins` allows (named again, or trusted).
+    """
+    from .catalog import admitted
+    from .plugin_trust import Admission, run_records
     from .run_files import read_metrics, read_run_info, read_run_spec
 
     info = read_run_info(run_dir)  # every file typed and bounded, and read before any work: a bad one is a RunError
     saved = read_run_spec(run_dir)
     metrics = run_dir / "metrics.jsonl"
-    records = read_metrics(metrics, within=run_dir) if metrics.exists() or metrics.is_symlink() else None
+    rows = read_metrics(metrics, within=run_dir) if metrics.exists() or metrics.is_symlink() else None
+    base = Path(info.source).parent if info.source else run_dir
     if saved is not None:
         # the resolved spec is what ran, even if the graph file changed since
-        spec = load_for_drawing(info.source or saved.path, [], document=saved.doc)
+        recorded = run_records(run_dir, saved.doc.get("plugins") if isinstance(saved.doc, dict) else None, base)
+        with admitted(Admission(str(run_dir), recorded, plugins)):  # no code of the run's own choosing
+            spec = load_for_drawing(info.source or saved.path, [], document=saved.doc)
     elif info.source:
-        spec = load_for_drawing(info.source, info.overrides)
+        with admitted(Admission(str(run_dir), run_records(run_dir, None, base), plugins)):
+            spec = load_for_drawing(info.source, info.overrides)
     else:
         raise DrawError(f"{run_dir}: no spec.yaml and no source in run.json")
-    return spec, run_results(records) if records is not None else RunResults()
+    return spec, run_results(rows) if rows is not None else RunResults()
 
 
 # ----------------------------------------------------------------------------- spec and plan, nothing run
@@ -721,8 +731,11 @@ def diagram_of(
     stage: str | None = None,
     legend: bool = True,
     direction: str = "LR",
+    plugins: PluginChoice = NO_PLUGINS,
 ) -> Diagram:
     """The diagram of a graph file (with overrides) or of a run directory (with its final results)."""
+    from .plugin_trust import refuse_for_graph_file
+
     path = Path(target)
     results = None
     if path.is_dir():
@@ -730,8 +743,9 @@ def diagram_of(
             raise DrawError(f"{path} is not a run directory (no run.json) nor a graph file")
         if overrides:
             raise DrawError("a run directory takes no overrides: the run's own spec is drawn")
-        spec, results = load_run(path)
+        spec, results = load_run(path, plugins)
     else:
+        refuse_for_graph_file(plugins)
         spec = load_for_drawing(path, list(overrides or []))
     plan, facts, refs = plan_for_drawing(spec)
     return build_diagram(spec, plan, facts, refs, stage=stage, results=results, legend=legend, direction=direction)
@@ -748,7 +762,16 @@ def cmd_draw(args: argparse.Namespace) -> int:
         raise DrawError("give either -o FILE (.svg .png .pdf .dot .mmd) or --format dot|mmd to print the source")
     if args.output:
         check_output(Path(args.output))
-    d = diagram_of(files[0], overrides, stage=args.stage, legend=not args.no_legend, direction=args.direction)
+    from .plugin_trust import choice_of
+
+    d = diagram_of(
+        files[0],
+        overrides,
+        stage=args.stage,
+        legend=not args.no_legend,
+        direction=args.direction,
+        plugins=choice_of(args),
+    )
     if args.format:
         print(to_dot(d) if args.format == "dot" else to_mermaid(d), end="")
         return 0

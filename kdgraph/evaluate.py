@@ -16,19 +16,21 @@ from typing import Any
 import torch
 
 from .errors import RunError
+from .plugin_trust import NO_PLUGINS, PluginChoice, choice_of
 
 
-def _model_and_data(target: Path) -> tuple[torch.nn.Module, dict[str, Any] | None]:
-    from .export import _read_final, export_run, load_exported
+def _model_and_data(target: Path, plugins: PluginChoice = NO_PLUGINS) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The deployed model and (for a run) its data section; plugins only as `plugins` allows."""
+    from .export import _read_final, export_run, exported_module
 
     if target.is_dir():
         with tempfile.TemporaryDirectory() as tmp:
-            export_run(target, Path(tmp) / "model.pt", torchscript=False)
-            model = load_exported(Path(tmp) / "model.pt", raw=True)
+            export_run(target, Path(tmp) / "model.pt", torchscript=False, plugins=plugins)
+            model = exported_module(Path(tmp) / "model.pt", plugins, raw=True)
         return model, dict(_read_final(target)["spec"].get("data") or {})
     if not target.exists() and not target.is_symlink():  # a FIFO or device: the bounded reader says so
         raise RunError(f"{target}: neither a run directory nor an exported model.pt")
-    return load_exported(target, raw=True), None
+    return exported_module(target, plugins, raw=True), None
 
 
 @torch.no_grad()
@@ -50,7 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .spec import DATA_DEFAULTS, merge
 
-    model, run_data = _model_and_data(Path(args.target))
+    model, run_data = _model_and_data(Path(args.target), choice_of(args))
     if args.data is None and run_data is None:
         raise RunError("an exported model.pt does not say which data to score: give --data NAME (e.g. digits)")
     cfg = merge(DATA_DEFAULTS, run_data or {})

@@ -39,14 +39,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .catalog import load_builtins, load_graph_plugins
+from .catalog import admitted, imported_sha256, load_builtins, load_plugin
 from .datasets.base import DataInfo
 from .errors import CheckpointError, RunError, SpecError
 from .graph import DistillGraph
 from .plan import build_program
+from .plugin_trust import NO_PLUGINS, Admission, PluginChoice, PluginRefused, choice_of, legacy_records, valid_records
 from .registry import PortInfo
 from .safe_load import load_weights
-from .spec import GraphSpec, Locator, load_spec
+from .spec import GraphSpec, load_spec
 from .spec.dataflow import dataflow_graph, needed, node_of, node_refs, topo_order
 
 FORMAT = "kdgraph-export/1"
@@ -268,9 +269,10 @@ def _without_training(doc: dict, keep: set[str]) -> dict:
 
 
 def build_deployed(record: dict[str, Any]) -> DeployedModel:
-    """The module an export record describes (weights not loaded): the slice rebuilt from the registries."""
-    if record.get("plugins"):
-        _load_plugins(record["plugins"], Path(record.get("base_dir") or "."))
+    """The module an export record describes (weights not loaded): the slice rebuilt from the registries.
+
+    Imports nothing: the record's plugins are imported first, through ``import_recorded``.
+    """
     spec = load_spec(document=record["spec"])
     graph = DistillGraph(spec, DataInfo(**record["data_info"]))
     for call in record["outside"]:
@@ -285,23 +287,59 @@ def build_deployed(record: dict[str, Any]) -> DeployedModel:
     return model.eval()
 
 
-def _load_plugins(plugins: list, base_dir: Path) -> None:
-    problems = load_graph_plugins(plugins, base_dir, Locator(default_file="<export>"))
-    if problems:
-        raise SpecError(problems)
+def import_recorded(records: list[dict[str, Any]], where: str, choice: PluginChoice, api: bool = False) -> None:
+    """Import the plugins an artifact records, each only as the user allows it (kdgraph/plugin_trust.py)."""
+    from .catalog import PluginError
+
+    with admitted(Admission(where, records, choice, api)):
+        for r in records:
+            try:
+                load_plugin(r["name"] if r.get("module") else r["path"])
+            except PluginError as e:  # a trusted path gone, or a file that fails to import
+                raise PluginRefused(f"{where}: recorded plugin {r['name']}: {e}") from None
 
 
-def load_exported(path: str | Path, map_location: str | torch.device = "cpu", raw: bool = False) -> nn.Module:
+def _export_records(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """An export's plugin records (an export of an older kdgraph: names relative to its graph's folder)."""
+    plugins = record.get("plugins")
+    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+        return legacy_records(plugins, Path(str(record.get("base_dir") or ".")))
+    return valid_records(plugins, where)
+
+
+def load_exported(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    raw: bool = False,
+    *,
+    plugins: list[str | Path] | tuple[str | Path, ...] = (),
+    trust_plugins: bool = False,
+) -> nn.Module:
     """The module saved by ``kdgraph export``, in eval mode: ``forward(image)`` returns the deploy port.
 
     ``forward`` takes images normalised as in training (``model.normalize``: mean, std); with ``raw=True``
     it takes them as the dataset gives them, uint8 0..255 or floats in [0, 1] (``preprocess.RawImages``).
+    An export with a plugin op names its file and SHA-256 but imports nothing by itself: pass the same
+    file again (``plugins=["fusion.py"]``, matched by SHA-256, from anywhere) or ``trust_plugins=True``.
     """
+    choice = PluginChoice(tuple(str(p) for p in plugins), trust_plugins)
+    return exported_module(path, choice, map_location, raw, api=True)
+
+
+def exported_module(
+    path: str | Path,
+    plugins: PluginChoice = NO_PLUGINS,
+    map_location: str | torch.device = "cpu",
+    raw: bool = False,
+    api: bool = False,
+) -> nn.Module:
+    """``load_exported`` with the plugin choice of a command line (`api`: refusals name the Python arguments)."""
     if not Path(path).exists() and not Path(path).is_symlink():
         raise CheckpointError(f"cannot read exported model {str(path)!r}: no such file")
     record = load_weights(Path(path), f"exported model {str(path)!r}")  # data, never code; a regular file only
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a kdgraph export (format {FORMAT})")
+    import_recorded(_export_records(record, str(path)), str(path), plugins, api)
     model = build_deployed(record)
     model.load_state_dict(record["state_dict"])
     model = model.to(map_location) if str(map_location) != "cpu" else model
@@ -326,12 +364,31 @@ def _read_final(run_dir: Path) -> dict[str, Any]:
     return record
 
 
+def run_plugin_records(run_dir: Path, final: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plugins a finished run records in final.pt (a run of an older kdgraph: its spec's names)."""
+    if "plugins" in final:
+        return valid_records(final["plugins"], str(run_dir / "final.pt"))
+    source = final.get("source")
+    base = Path(source).parent if isinstance(source, str) else run_dir
+    return legacy_records((final.get("spec") or {}).get("plugins"), base)
+
+
 def export_run(
-    run_dir: str | Path, out: str | Path, port: str | None = None, torchscript: bool = True
+    run_dir: str | Path,
+    out: str | Path,
+    port: str | None = None,
+    torchscript: bool = True,
+    plugins: PluginChoice = NO_PLUGINS,
 ) -> dict[str, Any]:
-    """Write the deployed slice of a finished run to `out` (and a traced `.ts` beside it); returns a report."""
+    """Write the deployed slice of a finished run to `out` (and a traced `.ts` beside it); returns a report.
+
+    The run's plugins are imported only as `plugins` allows (the files named again, or trusted).
+    """
     run_dir, out = Path(run_dir), Path(out)
     final = _read_final(run_dir)
+    records = run_plugin_records(run_dir, final)
+    import_recorded(records, str(run_dir), plugins)
+    records = [r if r.get("module") else {**r, "sha256": r["sha256"] or imported_sha256(r["path"])} for r in records]
     doc = final["spec"]
     port = port or final.get("deploy")
     if not port:
@@ -349,7 +406,7 @@ def export_run(
         "data_info": dict(info),
         "epoch": final.get("epoch", 1),
         "normalize": final.get("normalize"),
-        "plugins": doc.get("plugins"),
+        "plugins": records,  # name, path and SHA-256 of each: loaded only when named again (load_exported)
         "base_dir": str(Path(source).parent) if source else None,
         "source": source,
         "run": {"dir": str(run_dir), "hash": final["summary"].get("hash"), "final": final["summary"].get("final")},
@@ -505,7 +562,8 @@ def evaluate_exported(model: nn.Module, run_dir: str | Path, batch_size: int | N
 def cmd_export(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     out = Path(args.output) if args.output else run_dir / "model.pt"
-    report = export_run(run_dir, out, port=args.port, torchscript=not args.no_torchscript)
+    choice = choice_of(args)
+    report = export_run(run_dir, out, port=args.port, torchscript=not args.no_torchscript, plugins=choice)
     print(f"exported {report['port']} ({', '.join(report['nodes'])}; {report['parameters']:,} parameters) -> {out}")
     if report["torchscript"]:
         print(f"TorchScript (traced at the run's image size) -> {report['torchscript']}")
@@ -513,7 +571,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"no TorchScript: {report['torchscript_problem']}")
     if args.check:
         final = _read_final(run_dir)["summary"].get("final", {}).get("top1", {})
-        got = evaluate_exported(load_exported(out), run_dir)["top1"]
+        model = exported_module(out, choice)
+        got = evaluate_exported(model, run_dir)["top1"]
         expected = final.get(report["port"])
         if expected is None:
             print(f"exported model: top-1 {got:.2f}% on the test split (the run did not evaluate {report['port']})")

@@ -55,6 +55,7 @@ class FileKind:
 GRAPH = FileKind("graph file", MiB, _spec_error, "name a .yaml file", "a graph file is YAML text")
 PRESET = FileKind("preset file", MiB, _spec_error, "name a .yaml preset")
 PLUGIN_LIST = FileKind("plugin list", MiB, _spec_error)
+PLUGIN = FileKind("plugin file", 16 * MiB, _plain(RunError), "name a .py file")  # read once, hashed, then run
 RUN_FILE = FileKind("run file", 16 * MiB, _plain(RunError))  # run.json, resolved.yaml, manifests
 METRICS = FileKind("metrics file", 1 * GiB, _plain(RunError))  # metrics.jsonl of a long run
 CHECKPOINT = FileKind("checkpoint", 64 * GiB, _plain(CheckpointError), "name a weights file")

@@ -62,8 +62,27 @@ class Job:
         """The `kdgraph run` command line that starts or continues this run."""
         folder = str(root / self.dir)
         if self.state(root) == "partial":
-            return ["run", "--resume", folder]
+            return ["run", "--resume", folder, *named_plugins(graph)]
         return ["run", graph, *self.overrides, "--out", folder, "--force"]  # --force only ever empties a run folder
+
+
+def named_plugins(graph: str) -> list[str]:
+    """``--plugins FILE ...`` for resuming a run of the sweep: the plugin files its graph file names now.
+
+    A run folder imports no plugin by itself (kdgraph/plugin_trust.py); the sweep's graph file is named
+    on the command line, so its plugins are passed again (their SHA-256 must match the run's).
+    """
+    from .catalog import is_file_plugin
+    from .errors import KDGraphError
+    from .spec import Locator, load_document
+
+    try:
+        doc = load_document(graph, [], Locator(default_file=graph))  # YAML only: nothing is imported
+    except (KDGraphError, OSError):
+        return []  # the run's own resume reports what is wrong
+    names = [n for n in doc.get("plugins") or [] if isinstance(n, str) and n.strip()]
+    named = [str(Path(graph).parent / n) if is_file_plugin(n) else n for n in names]
+    return ["--plugins", *named] if named else []
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from ..catalog import load_graph_plugins
+from ..catalog import gated, load_graph_plugins
 from ..errors import Problem, SpecError, dedupe, error_of, sort_problems
 from ..views import view_problems
 from .checks import registry_problems
@@ -95,8 +95,14 @@ def load_spec(
     *,
     document: dict | None = None,
     check_registry: bool = True,
+    import_plugins: bool = True,
 ) -> GraphSpec:
     """Load, override, validate and normalise a graph file; raise one SpecError with every problem.
+
+    The graph file's ``plugins:`` are imported because the caller named the file. A ``document`` handed
+    in (read from a run folder or an export) imports its plugins only inside ``catalog.admitted(...)``,
+    where the user named them again (kdgraph/plugin_trust.py); ``import_plugins=False`` reads the
+    file as data only (a run's identity is checked before any of its code runs).
 
     The phases (YAML, overrides, JSON Schema, vars, names, ports, cycles) go on as far as the file
     allows, so one report lists the problems of all of them. When the spec could be normalised the
@@ -111,7 +117,7 @@ def load_spec(
         assert path is not None
         doc = load_document(path, problems, locator)
     problems += apply_overrides(doc, overrides, locator)
-    if doc.get("plugins") and path is not None:
+    if doc.get("plugins") and path is not None and import_plugins and (document is None or gated()):
         problems += load_graph_plugins(doc["plugins"], Path(path).parent, locator)
     schema_errors = schema_problems(doc, locator)
     problems += schema_errors

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import CACHE_ENV, cache_root
+from ..catalog import plugin_records
 from ..checkpoint import has_checkpoint
 from ..console import plural
 from ..data import Loader
@@ -28,6 +29,7 @@ from ..errors import CheckpointError, KDGraphError
 from ..files import CACHE_META, CHECKPOINT, read_bytes, read_json
 from ..nets.checkpoint import load_checkpoint
 from ..plan import StagePlan
+from ..plugin_trust import same_plugins
 from ..reinit import reinitialise
 from ..run_guard import run_lock
 from ..safe_load import load_weights
@@ -93,13 +95,16 @@ class InitActions:
         key = entry_key(child, self.init_overrides)
         folder = cache_root() / f"{child.name}-{key}"
         final = folder / "final.pt"
+        plugins = plugin_records(child.doc.get("plugins"), child.base_dir)  # what its graph file imported now
         if (folder / ENTRY).exists():
+            same_plugins(folder, plugins)  # trained with other plugin code: refused, never used
             self.log(f"  reusing {dep.describe()} from {folder}")
             return verified_final(folder, key)
         folder.mkdir(parents=True, exist_ok=True)
         # another run may be training it right now (the main process speaks for the run)
         with run_lock(folder, wait=True, log=self.log) if self.main else nullcontext():
             if (folder / ENTRY).exists() or final.exists():  # a final.pt without a record is refused there
+                same_plugins(folder, plugins)
                 return verified_final(folder, key)
             self.log(f"  training {dep.describe()} first (cached in {folder})")
             resume = has_checkpoint(folder / "checkpoints")  # an interrupted earlier attempt

@@ -20,6 +20,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..augment import make_views
+from ..catalog import plugin_records
 from ..check import CheckedGraph, check_spec
 from ..console import Console, as_console
 from ..data import Dataset, Loader, load_dataset, make_loaders, normalization_of
@@ -452,6 +453,7 @@ class Trainer(RunFiles, InitActions):
                     "graph": self.graph.state_dict(),
                     "spec": self.spec.doc,
                     "source": str(self.spec.source) if self.spec.source else None,
+                    "plugins": plugin_records(self.spec.doc.get("plugins"), self.spec.base_dir),
                     "deploy": self.spec.deploy,
                     "data_info": self.info.__dict__.copy(),
                     "normalize": dict(zip(("mean", "std"), map(list, normalization_of(self.dataset, self.spec.data)))),

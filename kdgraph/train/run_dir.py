@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .. import checkpoint as ckpt
+from ..catalog import plugin_records
 from ..errors import CheckpointError, RunError
 from ..files import METRICS, open_bounded, read_bytes
 from ..nan_guard import refuse_nonfinite
@@ -117,6 +118,7 @@ class RunFiles:
             "source": str(self.spec.source.resolve()) if self.spec.source else None,
             "overrides": self.spec.overrides,
             "hash": self.spec.hash(),
+            "plugins": plugin_records(self.spec.doc.get("plugins"), self.spec.base_dir),  # name, path, SHA-256
             "argv": sys.argv,
             "torch": torch.__version__,
             "processes": self.accelerator.num_processes,
