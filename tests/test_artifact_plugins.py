@@ -227,6 +227,7 @@ def test_a_graph_file_names_its_own_plugins(made, sentinel, capsys) -> None:
 
 def test_a_cache_entry_trained_with_other_plugin_code_is_not_used(made, sentinel, tmp_path, capsys) -> None:
     from kdgraph.cache import cache_root
+    from kdgraph.deps import entry_key
     from kdgraph.spec import load_spec
 
     teacher = tmp_path / "teacher.yaml"
@@ -237,8 +238,9 @@ def test_a_cache_entry_trained_with_other_plugin_code_is_not_used(made, sentinel
         GRAPH.replace("student: {net: cnn, width: 4}", "student: {net: cnn, width: 4, init: {from: teacher.yaml}}")
     )
     child = load_spec(teacher)
-    entry = cache_root() / f"{child.name}-{child.hash()}"
+    entry = cache_root() / f"{child.name}-{entry_key(child, [])}"
     entry.mkdir(parents=True)
+    (entry / "entry.json").write_text("{}")  # a finished entry: its plugins are checked before its record
     stale = {"name": "sentinel_op.py", "path": str((tmp_path / "sentinel_op.py").resolve()), "sha256": "0" * 64}
     (entry / "run.json").write_text(json.dumps({"plugins": [stale]}))
     torch.save({"graph": {}}, entry / "final.pt")
