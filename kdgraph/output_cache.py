@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from .manifest import Manifest
+
 # the fewest rows a forward pass that fills the store runs: kernels pick other algorithms for a handful of
 # rows (oneDNN's values 1e-5 apart below 4 rows), so a smaller pass is padded to keep the values bitwise
 MIN_ROWS = 8
@@ -94,15 +96,17 @@ class OutputCache:
             self.values = {p: torch.empty((self.size, *lay.shape), dtype=lay.dtype, device=device) for p, lay in items}
             self.filled = torch.zeros(self.size, dtype=torch.bool, device=device)
         else:
-            folder.mkdir(parents=True, exist_ok=True)
+            files = Manifest(folder)  # what kdgraph wrote here: `kdgraph cache clear` deletes only that
+            files.make_root()
             self.values = {
-                p: _mapped(folder / f"{_file(p)}.bin", (self.size, *lay.shape), lay.dtype) for p, lay in items
+                p: _mapped(folder / f"{_file(p)}.bin", (self.size, *lay.shape), lay.dtype, files) for p, lay in items
             }
-            self.filled = _mapped(folder / "filled.bin", (self.size,), torch.bool)
+            self.filled = _mapped(folder / "filled.bin", (self.size,), torch.bool, files)
             manifest = folder / "cache.json"
             if not manifest.exists():
                 layout = {p: [list(lay.shape), str(lay.dtype)] for p, lay in ports.items()}
-                manifest.write_text(json.dumps({"samples": samples, "variants": variants, "ports": layout}) + "\n")
+                blob = json.dumps({"samples": samples, "variants": variants, "ports": layout}) + "\n"
+                files.write_new(manifest, blob.encode())
 
     @property
     def nbytes(self) -> int:
@@ -140,12 +144,13 @@ class OutputCache:
         return moved
 
 
-def _mapped(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+def _mapped(path: Path, shape: tuple[int, ...], dtype: torch.dtype, files: Manifest) -> torch.Tensor:
     """A tensor backed by `path` (created zero-filled at its full size), shared with other processes."""
     count = math.prod(shape)
     if not path.exists() or path.stat().st_size != count * dtype.itemsize:
         with open(path, "wb") as fh:
             fh.truncate(count * dtype.itemsize)
+        files.record_inplace(path)  # written in place from now on: recorded by inode, not by hash
     return torch.from_file(str(path), shared=True, size=count, dtype=dtype).view(shape)
 
 

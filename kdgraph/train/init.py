@@ -19,6 +19,7 @@ from ..console import plural
 from ..data import Loader
 from ..deps import load_dependency
 from ..errors import CheckpointError
+from ..manifest import Manifest
 from ..nets.checkpoint import load_checkpoint
 from ..plan import StagePlan
 from ..reinit import reinitialise
@@ -86,7 +87,8 @@ class InitActions:
         if final.exists():
             self.log(f"  reusing {dep.describe()} from {folder}")
             return load_final_graph(final)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.exists():
+            Manifest(folder).make_root()  # recorded as kdgraph's: `cache clear` may remove it once empty
         # another run may be training it right now (the main process speaks for the run)
         with run_lock(folder, wait=True, log=self.log) if self.main else nullcontext():
             if final.exists():
