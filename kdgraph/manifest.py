@@ -46,6 +46,7 @@ from .errors import RunError
 
 NAME = ".kdgraph-manifest.json"
 FORMAT = 1
+CHANGED = "changed since kdgraph wrote it"
 _SHOWN = 20  # kept files named one by one, then a count
 LEGACY = (
     "written before kdgraph kept a manifest of its files; remove it by hand (rm -r {path}) if it is yours to delete"
@@ -63,6 +64,11 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _clean(rel: Any) -> bool:
+    """A relative path inside the folder ("checkpoints/latest.json"), as kdgraph writes them."""
+    return isinstance(rel, str) and bool(rel) and not rel.startswith("/") and ".." not in rel.split("/")
 
 
 def _nofollow(path: str, flags: int) -> int:
@@ -99,7 +105,8 @@ class Manifest:
 
         data = read_json(self.path, RUN_FILE, within=self.root)
         ok = isinstance(data, dict) and isinstance(data.get("files"), dict) and isinstance(data.get("dirs"), list)
-        if not ok or not all(isinstance(r, dict) for r in data["files"].values()) or data.get("format") != FORMAT:
+        ok = ok and data.get("format") == FORMAT and all(isinstance(r, dict) for r in data["files"].values())
+        if not ok or not all(_clean(rel) for rel in [*data["files"], *data["dirs"]]):
             raise RunError(
                 f"{self.path} is not a manifest this kdgraph wrote; it cannot tell its files from yours there, so "
                 f"it writes and deletes nothing in {self.root}. Remove the folder by hand or choose another one"
@@ -158,8 +165,6 @@ class Manifest:
         record = data["files"].get(rel)
         if record is None:
             return "not written by kdgraph"
-        if "temp" in record:
-            return None if self._same_inode(rel, record) else "changed since kdgraph wrote it"
         if self._link_in(rel) is not None:
             return "reached through a symbolic link, not followed"
         try:
@@ -168,7 +173,10 @@ class Manifest:
             return "gone"
         if not stat.S_ISREG(st.st_mode):
             return "not a regular file"
-        if record.get("dev") == st.st_dev and record.get("ino") == st.st_ino:
+        same = (record.get("dev"), record.get("ino")) == (st.st_dev, st.st_ino)
+        if "temp" in record:  # half-written: only its identity is known
+            return None if same else CHANGED
+        if same:
             if record.get("by") == "inode" or (
                 record.get("bytes") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
             ):
@@ -179,14 +187,7 @@ class Manifest:
         for other in data["files"].values():  # renamed into place, killed before its record was written
             if other.get("temp") == rel and (other.get("dev"), other.get("ino")) == (st.st_dev, st.st_ino):
                 return None
-        return "changed since kdgraph wrote it"
-
-    def _same_inode(self, rel: str, record: dict[str, Any]) -> bool:
-        try:
-            st = os.lstat(self.root / rel)
-        except OSError:
-            return False
-        return stat.S_ISREG(st.st_mode) and (record.get("dev"), record.get("ino")) == (st.st_dev, st.st_ino)
+        return CHANGED
 
     def verified(self, path: str | Path, blob: bytes | None = None) -> bool:
         """Whether `path` is listed and its bytes (`blob`, when already read) are those kdgraph wrote."""
@@ -339,6 +340,9 @@ class Manifest:
 
     def remove(self, paths: Iterable[str | Path], data: dict[str, Any] | None = None, save: bool = True) -> list[str]:
         """Delete each listed path that is still kdgraph's; the "kept X: why" line of each other one."""
+        paths = list(paths)
+        if not paths:
+            return []
         data = self.load() if data is None else data
         kept = []
         for path in paths:

@@ -193,3 +193,17 @@ def test_rotation_deletes_no_file_it_did_not_write(tmp_path: Path) -> None:
     for step in (2, 3):
         save_checkpoint(folder, {"v": torch.zeros(1) + step}, step)
     assert planted.read_bytes() == b"mine" and not first.exists()
+
+
+def test_a_manifest_naming_a_path_outside_its_folder_deletes_nothing() -> None:
+    from kdgraph.cli import main
+
+    root = cache_root()
+    (root / "teacher-3").mkdir(parents=True)
+    (root / "victim.txt").write_text("mine")
+    (root / "teacher-3" / "run.json").write_text("{}")
+    record = {"by": "inode", "dev": 0, "ino": 0}
+    forged = {"format": 1, "files": {"../victim.txt": record, "run.json": record}, "dirs": [], "root": True}
+    (root / "teacher-3" / ".kdgraph-manifest.json").write_text(json.dumps(forged))
+    assert main(["cache", "clear"]) == 0
+    assert (root / "victim.txt").read_text() == "mine" and (root / "teacher-3" / "run.json").read_text() == "{}"
