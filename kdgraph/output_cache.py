@@ -58,6 +58,7 @@ import torch
 
 from .errors import DataError
 from .files import CACHE_META, read_json
+from .manifest import Manifest
 
 # the fewest rows a forward pass that fills the store runs: kernels pick other algorithms for a handful of
 # rows (oneDNN's values 1e-5 apart below 4 rows), so a smaller pass is padded to keep the values bitwise
@@ -280,15 +281,16 @@ class _FileStore:
         meta = {"format": FORMAT, "key": key, "samples": samples, "variants": variants, "ports": layout}
         if folder.is_symlink():
             raise DataError(f"train.cache: {folder} is a symlink; a store is kdgraph's own folder (remove the link)")
+        self.files = Manifest(folder)  # what kdgraph wrote here: `kdgraph cache clear` deletes only that
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            self.files.make_root()
         except OSError as e:
             raise DataError(f"train.cache: cannot create the store {folder}: {e.strerror or e}") from None
-        with _locked(folder / ".lock"):  # one process creates or repairs a store at a time
+        with _locked(folder / ".lock", self.files):  # one process creates or repairs a store at a time
             fresh = not (folder / "cache.json").exists()
             if not fresh:
                 self._check_meta(read_json(folder / "cache.json", CACHE_META, within=folder), meta)
-            self.fds = {p: _open_rw(folder / f"{_file(p)}.bin") for p in ports}
+            self.fds = {p: _open_rw(folder / f"{_file(p)}.bin", self.files) for p in ports}
             reset = fresh
             for p, lay in ports.items():
                 have = os.fstat(self.fds[p]).st_size
@@ -302,7 +304,7 @@ class _FileStore:
             small = {"digests": (size, torch.int64), "filled": (size, torch.bool)}
             mapped = {}
             for name, (count, dtype) in small.items():
-                fd = _open_rw(folder / f"{name}.bin")
+                fd = _open_rw(folder / f"{name}.bin", self.files)
                 try:
                     have = os.fstat(fd).st_size
                     if have != count * dtype.itemsize:
@@ -317,7 +319,7 @@ class _FileStore:
             self.digests, self.filled = mapped["digests"], mapped["filled"]
             self.values = {p: self._map(self.fds[p], (size, *lay.shape), lay.dtype) for p, lay in ports.items()}
             if fresh:  # last: a store without cache.json is started again
-                _write_meta(folder, meta)
+                _write_meta(folder, meta, self.files)
 
     def _check_meta(self, found: Any, meta: dict[str, Any]) -> None:
         where = self.folder / "cache.json"
@@ -374,7 +376,7 @@ def _write_error(folder: Path, e: OSError) -> DataError:
     return DataError(f"train.cache: cannot write the store {folder}: {e.strerror or e}")
 
 
-def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
+def _write_meta(folder: Path, meta: dict[str, Any], files: Manifest) -> None:
     """cache.json written whole or not at all (a temporary file renamed over it)."""
     tmp = folder / f".cache.json.tmp-{os.getpid()}"
     try:
@@ -385,13 +387,16 @@ def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, folder / "cache.json")
+        files.record_inplace(folder / "cache.json")
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise _write_error(folder, e) from None
 
 
-def _open_rw(path: Path) -> int:
-    """A read-write descriptor of a store file (created; a symlink or non-regular file is refused)."""
+def _open_rw(path: Path, files: Manifest) -> int:
+    """A read-write descriptor of a store file (created and recorded in the manifest; a symlink or
+    non-regular file is refused)."""
+    created = not os.path.lexists(path)
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, 0o644)
@@ -400,6 +405,8 @@ def _open_rw(path: Path) -> int:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise DataError(f"train.cache: {path} is not a regular file; remove it to compute the store again")
+    if created:
+        files.record_inplace(path)  # written in place from now on: recorded by inode, not by hash
     return fd
 
 
@@ -438,9 +445,9 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, files: Manifest) -> Iterator[None]:
     """An advisory lock on `path` (created) while the block runs."""
-    fd = _open_rw(path)
+    fd = _open_rw(path, files)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -1,13 +1,18 @@
 """What makes a folder a kdgraph run, what --force may delete in it, and who may write to it.
 
     write_marker(run_dir)                 # when kdgraph creates the run directory
-    clear_run(run_dir)                    # --force: only the entries a run writes, only in a marked folder
+    check_run_folder(run_dir)             # before a run or resume writes: no links out, not a pre-manifest run
+    kept = clear_run(run_dir)             # --force: only the files its manifest lists, only in a marked folder
     with run_lock(run_dir): ...           # one process at a time trains or resumes in a folder
 
 A folder is a run directory only when it holds ``.kdgraph-run`` (JSON with the format version);
 names alone (a ``checkpoints/`` folder, a ``spec.yaml``) prove nothing, and --force refuses every
-other folder. The lock is an advisory ``flock`` on the folder itself: a second ``run``/``--resume``
-on it is refused at once, and the kernel releases it when the process dies (even on kill -9).
+other folder. What --force deletes is decided by the folder's manifest (kdgraph/manifest.py), never by
+names: a file kdgraph did not write, or changed since, stays and is named. A run folder written before
+manifests existed is neither emptied by --force nor resumed (nothing proves which files are kdgraph's):
+the refusal says to remove it by hand. The lock is an advisory ``flock`` on the folder itself: a second
+``run``/``--resume`` on it is refused at once, and the kernel releases it when the process dies (even on
+kill -9).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +29,13 @@ from typing import Any
 
 from .errors import KDGraphError, RunError
 from .files import RUN_FILE, read_json, read_text
+from .manifest import NAME as MANIFEST
+from .manifest import Manifest
 from .run_files import read_run_info as read_run_info_file
 
 MARKER = ".kdgraph-run"
 FORMAT = 1
-# everything a run writes (the marker last: a folder half-cleared is still recognised)
+# the names a run writes at its top (checked for links before a run writes; never a reason to delete)
 RUN_ENTRIES = (
     "run.json",
     "spec.yaml",
@@ -43,15 +49,19 @@ RUN_ENTRIES = (
 )
 
 
+# the files a new run writes at fixed names (a file kdgraph would keep there stops --force)
+WRITTEN = ("spec.yaml", "run.json", "metrics.jsonl", "summary.json", "final.pt", "checkpoints/latest.json")
+
+
 def write_marker(run_dir: Path) -> None:
     """Mark `run_dir` as kdgraph's (once: an existing marker is kept)."""
     marker = run_dir / MARKER
-    if marker.exists():
+    if os.path.lexists(marker):
         return
     from . import __version__
 
     info = {"format": FORMAT, "kdgraph": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    marker.write_text(json.dumps(info) + "\n")
+    Manifest(run_dir).write_new(marker, (json.dumps(info) + "\n").encode())
 
 
 def marker_format(run_dir: Path) -> int | None:
@@ -64,8 +74,11 @@ def marker_format(run_dir: Path) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def clear_run(run_dir: Path) -> None:
-    """--force: remove the files a run wrote, and nothing else; refuse a folder kdgraph did not create."""
+def clear_run(run_dir: Path) -> list[str]:
+    """--force: remove the files a run wrote, and nothing else; refuse a folder kdgraph did not create.
+
+    Returns one "kept X: why" line per file left in place (a user's, or one changed since kdgraph wrote it).
+    """
     version = marker_format(run_dir)
     if version is None:
         raise RunError(
@@ -74,21 +87,56 @@ def clear_run(run_dir: Path) -> None:
         )
     if version > FORMAT:
         raise RunError(f"{run_dir} was written by a newer kdgraph (run format {version}); --force will not touch it")
+    if not Manifest(run_dir).exists():
+        raise RunError(
+            f"{run_dir} was written before kdgraph kept a manifest of its files ({MANIFEST}); --force deletes "
+            f"only files a manifest lists, so it will not empty it. Remove it by hand (rm -r {run_dir}) or "
+            "choose another --out"
+        )
     with run_lock(run_dir):
-        remove_run_files(run_dir)
+        _refuse_in_the_way(run_dir)
+        return remove_run_files(run_dir, keep_root=True)
 
 
-def remove_run_files(run_dir: Path) -> None:
-    """Delete the entries a run writes (RUN_ENTRIES and its temporary files); leave anything else."""
+def _refuse_in_the_way(run_dir: Path) -> None:
+    """Before --force deletes anything: a file it would keep where the new run writes stops it (nothing lost)."""
+    manifest = Manifest(run_dir)
+    data = manifest.load()
+    for rel in WRITTEN:
+        if os.path.lexists(run_dir / rel) and (why := manifest.changed(rel, data)) is not None:
+            raise RunError(
+                f"{run_dir / rel} is {why}: the new run would write there, so --force stops before deleting "
+                "anything. Move it away, or choose another --out"
+            )
+
+
+def remove_run_files(run_dir: Path, keep_root: bool = False) -> list[str]:
+    """Delete the files the run folder's manifest lists and kdgraph still recognises; "kept X" lines for the rest."""
+    if not Manifest(run_dir).exists():
+        return []  # nothing is known to be kdgraph's: nothing is deleted
+    return Manifest(run_dir).remove_all(keep_root=keep_root)
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Before a run or a resume writes in `run_dir`: refuse a run entry that is a link, and a pre-manifest run.
+
+    A ``checkpoints`` linked into another run would have that run's files rotated away; a folder written
+    before manifests has files kdgraph cannot prove it wrote, so it would have to overwrite them blind.
+    """
     for name in RUN_ENTRIES:
-        target = run_dir / name
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.is_dir():
-            shutil.rmtree(target)
-    for stale in run_dir.glob(".*.tmp-*"):  # an atomic write interrupted by a kill
-        if stale.is_file():
-            stale.unlink()
+        entry = run_dir / name
+        if entry.is_symlink():
+            raise RunError(
+                f"{entry} is a symbolic link (to {os.readlink(entry)}); kdgraph writes only real files inside "
+                f"{run_dir} and never through a link, so another run's files are not touched. Remove the link, "
+                "or start a new run with another --out"
+            )
+    if (run_dir / MARKER).exists() and not Manifest(run_dir).exists():
+        raise RunError(
+            f"{run_dir} was written before kdgraph kept a manifest of its files ({MANIFEST}); this kdgraph cannot "
+            f"tell its files from yours there, so it will not resume or overwrite it. Start a new run with another "
+            f"--out, or remove it by hand (rm -r {run_dir})"
+        )
 
 
 @contextmanager

@@ -22,10 +22,13 @@ def test_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_clear_removes_only_what_kdgraph_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kdgraph.manifest import Manifest
+
     root = cache_root()
-    (root / "teacher-0123").mkdir(parents=True)
-    (root / "teacher-0123" / "run.json").write_text("{}")
-    (root / "teacher-0123" / "final.pt").write_bytes(b"x" * 2048)
+    teacher = Manifest(root / "teacher-0123")  # what a trained dependency writes: through its manifest
+    teacher.make_root()
+    teacher.write_new(root / "teacher-0123" / "run.json", b"{}")
+    teacher.write_atomic(root / "teacher-0123" / "final.pt", b"x" * 2048)
     write_meta("net-info.json", {"a": 1})
     (root / "mine").mkdir()
     (root / "mine" / "notes.txt").write_text("keep")

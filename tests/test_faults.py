@@ -210,10 +210,10 @@ def test_crash_between_checkpoint_and_pointer_keeps_the_old_pair(
     save_checkpoint(folder, {"v": torch.tensor([1.0])}, 10)
     real = ckpt.atomic_write_bytes
 
-    def crash_on_pointer(path: Path, blob: bytes) -> None:
+    def crash_on_pointer(path: Path, blob: bytes, **where) -> None:
         if path.name == "latest.json":
             raise RunError("killed")  # the process dies after the new file, before the pointer
-        real(path, blob)
+        real(path, blob, **where)
 
     monkeypatch.setattr(ckpt, "atomic_write_bytes", crash_on_pointer)
     with pytest.raises(RunError):
@@ -224,15 +224,24 @@ def test_crash_between_checkpoint_and_pointer_keeps_the_old_pair(
     assert load_latest(folder)["v"].item() == 3.0
 
 
-def test_only_the_last_two_checkpoints_are_kept(tmp_path: Path) -> None:
+def test_only_the_last_two_checkpoints_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "checkpoints"
     for step in range(5):
         save_checkpoint(folder, {"step": step}, step)
-    (folder / ".step-000000009.pt.tmp-1").write_bytes(b"half")  # from a process killed mid-write
+
+    def killed(*_):  # the process dies between writing the temporary file and renaming it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(folder, {"step": 9}, 9)
+    monkeypatch.undo()
+    assert [p.name for p in folder.iterdir() if ".tmp-" in p.name]  # kdgraph's half-written file, recorded
+    (folder / ".step-000000008.pt.tmp-1").write_bytes(b"mine")  # named like one, but not kdgraph's: it stays
     save_checkpoint(folder, {"step": 5}, 5)
     names = sorted(p.name for p in folder.iterdir())
-    assert [n[:14] for n in names] == ["latest.json", "step-000000004", "step-000000005"]
-    assert json.loads((folder / "latest.json").read_text())["previous"] == names[1]
+    assert [n[:14] for n in names] == [".step-00000000", "latest.json", "step-000000004", "step-000000005"]
+    assert json.loads((folder / "latest.json").read_text())["previous"] == names[2]
 
 
 def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

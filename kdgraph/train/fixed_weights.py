@@ -6,9 +6,8 @@ nodes' tensors go to one file, ``checkpoints/fixed-<sha256[:16]>.pt``, written w
 saved or when any of them changed (another tensor, or an in-place write: its version counter moved);
 each checkpoint names that file and its SHA-256 under ``fixed`` and holds only the other tensors. A
 resume reads the named file, checks its hash and merges it back, so the weights it loads are the ones a
-self-contained checkpoint would hold. The files the two kept checkpoints name are kept, no other.
-A file of that name already there is reused only when its bytes have that hash (else it is rewritten),
-and it is read through the bounded reader, within the checkpoints folder.
+self-contained checkpoint would hold. The files the two kept checkpoints name are kept; the others are
+removed through the run folder's manifest (the folder above ``checkpoints/``), only when still unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..errors import CheckpointError, KDGraphError
 from ..files import CHECKPOINT, read_bytes
+from ..manifest import Manifest
 from ..safe_load import load_weights
 
 PREFIX = "fixed-"
@@ -57,18 +57,20 @@ class FixedWeights:
             blob = buf.getvalue()
             digest = hashlib.sha256(blob).hexdigest()
             name = f"{PREFIX}{digest[:16]}.pt"
-            folder.mkdir(parents=True, exist_ok=True)
-            if _digest_of(folder / name, folder) != digest:  # absent or damaged: written (again)
-                ckpt.atomic_write_bytes(folder / name, blob)
+            manifest = Manifest(folder.parent)
+            manifest.mkdir(folder)
+            if not manifest.verified(folder / name):
+                ckpt.atomic_write_bytes(folder / name, blob, root=folder.parent)
             self.ref = {"file": name, "sha256": digest}
         return dict(self.ref)
 
     def saved(self, folder: Path, ref: dict[str, str] | None) -> None:
         """After a checkpoint naming `ref` is in place: remove the fixed files neither kept checkpoint names."""
         self.kept = [*self.kept[-1:], ref["file"] if ref else ""]
-        for old in folder.glob(f"{PREFIX}*.pt"):
-            if old.name not in self.kept:
-                old.unlink(missing_ok=True)
+        manifest = Manifest(folder.parent)
+        old = [p for p in manifest.listed(folder) if p.name.startswith(PREFIX) and p.name not in self.kept]
+        for line in manifest.remove(old):
+            manifest.log(line)
 
 
 def merged(folder: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -89,13 +91,3 @@ def merged(folder: Path, state: dict[str, Any]) -> dict[str, Any]:
             "start the run again with --force"
         )
     return {**load_weights(blob, str(path)), **state["graph"]}
-
-
-def _digest_of(path: Path, folder: Path) -> str | None:
-    """SHA-256 of a fixed-weights file already in `folder`, or None when it is absent or unreadable."""
-    if not path.exists():
-        return None
-    try:
-        return hashlib.sha256(read_bytes(path, CHECKPOINT, within=folder)).hexdigest()
-    except KDGraphError:
-        return None

@@ -27,6 +27,7 @@ from ..data import Loader
 from ..deps import entry_key, load_dependency
 from ..errors import CheckpointError, KDGraphError
 from ..files import CACHE_META, CHECKPOINT, read_bytes, read_json
+from ..manifest import Manifest
 from ..nets.checkpoint import load_checkpoint
 from ..plan import StagePlan
 from ..plugin_trust import same_plugins
@@ -100,7 +101,8 @@ class InitActions:
             same_plugins(folder, plugins)  # trained with other plugin code: refused, never used
             self.log(f"  reusing {dep.describe()} from {folder}")
             return verified_final(folder, key)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.exists():
+            Manifest(folder).make_root()  # recorded as kdgraph's: `cache clear` may remove it once empty
         # another run may be training it right now (the main process speaks for the run)
         with run_lock(folder, wait=True, log=self.log) if self.main else nullcontext():
             if (folder / ENTRY).exists() or final.exists():  # a final.pt without a record is refused there

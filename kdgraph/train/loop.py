@@ -202,6 +202,7 @@ class Trainer(RunFiles, InitActions):
                     return self.run()
                 finally:
                     self.locked = False
+        self._check_folder()  # no link out of the folder, not a pre-manifest run: before anything is written
         self._prepare()
         if self.tracking:
             self.accelerator.init_trackers(self.spec.name, config=run_config(self.spec))
@@ -460,8 +461,9 @@ class Trainer(RunFiles, InitActions):
                     "epoch": max(1, self.spec.stages[-1].epochs),  # scheduled op parameters end at it
                     "summary": summary,
                 },
+                root=self.run_dir,
             )
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            self._manifest().write_new(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         self.accelerator.wait_for_everyone()  # final.pt exists for every process (a cached dependency)
         if self.tracking:
             self.accelerator.end_training()

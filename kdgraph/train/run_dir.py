@@ -3,7 +3,9 @@
 A run directory holds ``spec.yaml`` (the resolved graph), ``run.json`` (command, overrides, hash,
 versions), ``metrics.jsonl``, ``checkpoints/`` and, when done, ``final.pt`` and ``summary.json``.
 Checkpoints are written atomically and name how many metrics lines are good, so a resumed run
-continues exactly where it stopped.
+continues exactly where it stopped. Every file is written through the folder's manifest
+(kdgraph/manifest.py): never through a link, never over a user's file, and --force deletes only
+what it lists.
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..catalog import plugin_records
+from ..checkpoint_fallback import read_checkpoint
 from ..errors import CheckpointError, RunError
 from ..files import METRICS, open_bounded, read_bytes
+from ..manifest import Manifest
 from ..nan_guard import refuse_nonfinite
 from ..rng import rng_state
-from ..run_guard import RUN_ENTRIES, clear_run, write_marker
+from ..run_guard import RUN_ENTRIES, check_run_folder, clear_run, write_marker
 from ..safe_load import load_weights
 from ..spec import GraphSpec, dump_resolved
 from ..trackers import scalars
 from .fixed_weights import FixedWeights, merged
 
-RUN_FILES = RUN_ENTRIES  # every entry a run writes (run_guard: --force removes only these)
+RUN_FILES = RUN_ENTRIES  # the names a run writes at its top (--force removes what the manifest lists)
 
 
 def use_cpu() -> bool:
@@ -87,8 +91,9 @@ def _make_run_dir(spec: GraphSpec, out: str | Path | None, force: bool) -> Path:
                     f"run directory {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
                     "pass --force to overwrite it, or choose another --out"
                 )
-            clear_run(run_dir)  # only a marked folder, only the files a run writes
-    run_dir.mkdir(parents=True, exist_ok=True)
+            for line in clear_run(run_dir):  # only a marked folder, only the files its manifest lists
+                print(line)
+    Manifest(run_dir).make_root()
     write_marker(run_dir)
     return run_dir
 
@@ -107,12 +112,20 @@ class Position:
 class RunFiles:
     """The Trainer's run-directory part: run files, metrics lines, checkpoints (a mixin of ``Trainer``)."""
 
+    def _manifest(self) -> Manifest:
+        return Manifest(self.run_dir, self.log)
+
+    def _check_folder(self) -> None:
+        """Before anything is written: no run entry links out of the folder, and it is not a pre-manifest run."""
+        if self.main:
+            check_run_folder(self.run_dir)
+
     def _write_run_files(self) -> None:
         if not self.main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._manifest().make_root()
         write_marker(self.run_dir)
-        (self.run_dir / "spec.yaml").write_text(dump_resolved(self.spec))
+        self._manifest().write_new(self.run_dir / "spec.yaml", dump_resolved(self.spec).encode())
         info = {
             "name": self.spec.name,
             "source": str(self.spec.source.resolve()) if self.spec.source else None,
@@ -127,18 +140,18 @@ class RunFiles:
             "device": str(self.device),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2))
+        self._manifest().write_new(self.run_dir / "run.json", json.dumps(info, indent=2).encode())
 
     def _save_side(self, kind: str, name: str, state: dict[str, Any]) -> None:
         if self.main:
-            (self.run_dir / kind).mkdir(exist_ok=True)
-            ckpt.save_file(self.run_dir / kind / f"{name}.pt", state)
+            self._manifest().mkdir(self.run_dir / kind)
+            ckpt.save_file(self.run_dir / kind / f"{name}.pt", state, root=self.run_dir)
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if self.main:
             try:
-                with open(self.metrics_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                with self._manifest().open_append(self.metrics_path) as fh:
+                    fh.write((json.dumps(record) + "\n").encode())
                     fh.flush()
             except OSError as e:  # the checkpoint names how many lines are good: a torn line is cut on resume
                 why = e.strerror or e
@@ -158,7 +171,7 @@ class RunFiles:
         if self.main and (self.metrics_path.exists() or self.metrics_path.is_symlink()):
             blob = read_bytes(self.metrics_path, METRICS, within=self.run_dir)  # a FIFO or link out: RunError
             kept = blob.splitlines(keepends=True)[:lines]
-            ckpt.atomic_write_bytes(self.metrics_path, b"".join(kept))
+            ckpt.atomic_write_bytes(self.metrics_path, b"".join(kept), root=self.run_dir, grows=True)
 
     def _save(self, pos: Position, optimizer, acc_state: dict[str, Any]) -> None:
         self.accelerator.wait_for_everyone()
@@ -173,6 +186,7 @@ class RunFiles:
         if not self.main:
             return
         folder = self.run_dir / "checkpoints"
+        self._manifest().mkdir(folder)
         ref = self._fixed.write(folder, fixed, new)
         state = {
             **weights,
@@ -188,12 +202,12 @@ class RunFiles:
             "snapshots": list(self.snapshots),
             "stage_ends": list(self.stage_ends),
         }
-        ckpt.save_checkpoint(folder, state, pos.step)
+        ckpt.save_checkpoint(folder, state, pos.step, root=self.run_dir, log=self.log)
         self._fixed.saved(folder, ref)
         self.saved_step = pos.step
 
     def _restore(self) -> tuple[Position, dict[str, Any]]:
-        state = ckpt.load_latest(self.run_dir / "checkpoints", log=self.log)
+        state = ckpt.load_latest(self.run_dir / "checkpoints", log=self.log, root=self.run_dir)
         if state.get("hash") != self.spec.hash():
             raise CheckpointError(
                 f"{self.run_dir} was started from a different graph (hash {state.get('hash')} != "
@@ -211,7 +225,7 @@ class RunFiles:
                     if name not in {st.name for st in self.spec.stages}:  # a name, never a path
                         raise ValueError(f"unknown stage {name!r} in {kind}")
                     side = self.run_dir / kind / f"{name}.pt"
-                    target[name] = load_weights(side, f"{side} (start a new run if it is lost)", self.run_dir)
+                    target[name] = _verified_side(self._manifest(), side)
             self.best, self.last_eval = state["best"], state["last_eval"]
             self.stage_results = state.get("stage_results", {})
             self._truncate_metrics(state["metrics_lines"])
@@ -223,3 +237,15 @@ class RunFiles:
                 f"the checkpoint in {self.run_dir / 'checkpoints'} is not laid out as kdgraph writes it "
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); start the run again with --force"
             ) from None
+
+
+def _verified_side(manifest: Manifest, side: Path) -> dict[str, Any]:
+    """A snapshot or stage-end file: loaded weights-only, then used only when the manifest lists its bytes."""
+    blob = read_checkpoint(side, manifest.root)
+    weights = load_weights(blob, f"{side} (start a new run if it is lost)")
+    if not manifest.verified(side, blob):
+        raise CheckpointError(
+            f"{side} is not the file kdgraph wrote (changed, or not listed in {manifest.path}); "
+            "start the run again with --force"
+        )
+    return weights
