@@ -39,17 +39,23 @@ class Param:
     null: bool = False
 
     def describe(self) -> str:
-        """The range as the reference prints it: ``> 0``, ``0 ≤ x ≤ 1``, ``one of mean, sum``."""
+        """The range in words: ``a number > 0, or a port``, ``an integer in [1, 64]``, ``one of mean, sum``."""
         if self.type == "choice":
             return "one of " + ", ".join(self.choices)
-        if self.type in ("flag", "text", "port"):
-            return {"flag": "true or false", "text": "a name", "port": "a port"}[self.type]
-        low = f"{_num(self.gt)} < " if self.gt is not None else (f"{_num(self.ge)} ≤ " if self.ge is not None else "")
-        high = f" < {_num(self.lt)}" if self.lt is not None else (f" ≤ {_num(self.le)}" if self.le is not None else "")
-        what = {"real": "x", "int": "n", "reals": "each x", "ints": "each n"}[self.type]
-        text = f"{low}{what}{high}" if low or high else "any"
-        extras = [e for e, on in (("a schedule", self.schedule), ("a port", self.port), ("null", self.null)) if on]
-        return text + (f"; or {', '.join(extras)}" if extras else "")
+        what = {"real": "a number", "int": "an integer", "reals": "a list of numbers", "ints": "a list of integers"}
+        what |= {"flag": "true or false", "text": "a name", "port": "a port"}
+        low = ("(", self.gt) if self.gt is not None else ("[", self.ge) if self.ge is not None else None
+        high = (")", self.lt) if self.lt is not None else ("]", self.le) if self.le is not None else None
+        if low and high:
+            bounds = f" in {low[0]}{_num(low[1])}, {_num(high[1])}{high[0]}"
+        elif low or high:
+            sign = {"(": ">", "[": "≥", ")": "<", "]": "≤"}[(low or high)[0]]
+            bounds = f" {sign} {_num((low or high)[1])}"
+        else:
+            bounds = ""
+        extras = [e for e, on in (("a schedule", self.schedule), ("null", self.null and self.type != "port")) if on]
+        extras += ["a port"] if self.port and self.type != "port" else []
+        return what[self.type] + bounds + "".join(f", or {e}" for e in extras)
 
     def problem(self, value: Any, schedules: bool = False) -> str | None:
         """Why `value` does not fit (a message), or None. `schedules`: a schedule is allowed here."""

@@ -8,10 +8,10 @@ PyYAML reads YAML 1.1, where ``1e-3`` (no dot) is the string "1e-3", ``010`` is 
 (base 60) and ``1_000`` is 1000; here numbers are YAML 1.2 core's: every float (``1e-3``, ``5e-4``, ``1e30``)
 is a number, ints are decimal (``010`` is 10), ``0o17`` or ``0x1f``, and ``1:30`` or ``1_000`` are strings
 (which the schema then refuses where a number is needed). An integer literal of more than MAX_INT_DIGITS
-digits is refused here, with its line; every other number's range is the spec's (spec/numbers.py). ``<<: *base`` merges a mapping (explicit keys win).
-Aliases are expanded as copies, and the expanded document is bounded (MAX_VALUES values, MAX_DEPTH
-levels), so an alias bomb or a self-referential alias is one clear error, not MemoryError or
-RecursionError.
+digits is refused here, with its line; every other number's range is the spec's (spec/numbers.py).
+``<<: *base`` merges a mapping (explicit keys win). Aliases are expanded as copies, and the expanded
+document is bounded (MAX_VALUES values, MAX_DEPTH levels), so an alias bomb or a self-referential alias is
+one clear error, not MemoryError or RecursionError.
 """
 
 from __future__ import annotations

@@ -164,4 +164,5 @@ def test_param_ranges() -> None:
     assert choice("a", "b").problem("c") == "'c' is not one of a, b"
     assert reals(gt=0).problem([4, 0]) == "item 1: must be greater than 0, not 0"
     assert real(gt=0).problem(True) == "expected a number, not True"
-    assert real(gt=0).describe() == "0 < x"
+    assert real(gt=0).describe() == "a number > 0"
+    assert integer(le=64, null=True).describe() == "an integer in [1, 64], or null"
