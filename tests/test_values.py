@@ -113,7 +113,7 @@ def test_base_60_and_digit_separators_are_strings(tmp_path: Path) -> None:
     one_error(*validate(tmp_path, "train.epochs=1:30"), "<command line>: train.epochs:", "'1:30'")
 
 
-@pytest.mark.parametrize("width", [str(10**30), str(10**20), "9" * 5000])
+@pytest.mark.parametrize("width", [str(10**30), str(10**20), "9" * 5000], ids=["1e30", "1e20", "5000-digits"])
 def test_huge_integers_are_refused(tmp_path: Path, width: str) -> None:
     code, err = validate(tmp_path, width=width)
     one_error(code, err, f"{tmp_path}/g.yaml:7: nodes.student.width:", "out of range")
@@ -166,3 +166,17 @@ def test_param_ranges() -> None:
     assert real(gt=0).problem(True) == "expected a number, not True"
     assert real(gt=0).describe() == "a number > 0"
     assert integer(le=64, null=True).describe() == "an integer in [1, 64], or null"
+
+
+def test_a_net_parameter_is_bounded(tmp_path: Path) -> None:
+    """A width of a billion would allocate tens of GB at build: its declared range refuses it first."""
+    code, err = validate(tmp_path, width="1000000000")
+    one_error(code, err, f"{tmp_path}/g.yaml:7: nodes.student.width:", "at most 4096", "net 'cnn' takes width")
+
+
+def test_an_op_parameter_is_typed_and_bounded(tmp_path: Path) -> None:
+    extra = ["+nodes.soft={op: soften, in: [student.logits], T: 0.5, log: maybe}"]
+    code, err = validate(tmp_path, *extra)
+    one_error(code, err, "<command line>: nodes.soft.log:", "expected true or false, not 'maybe'")
+    code, err = validate(tmp_path, "+nodes.crd={op: crd, in: [student.pooled, teacher.pooled], nce_k: 100000000}")
+    one_error(code, err, "<command line>: nodes.crd.nce_k:", "at most 1048576")
