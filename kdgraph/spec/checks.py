@@ -147,7 +147,11 @@ def _value_problems(entry: Entry, key: str, param: Param, value: Any, path: Path
     why = param.problem(value, schedules=entry.kind == "loss")  # an edge evaluates any schedule per epoch
     if why is None:
         return []
-    return [spec.problem(path, why, f"{entry.kind} {entry.name!r} takes {key}: {param.describe()}")]
+    hint = f"{entry.kind} {entry.name!r} takes {key}: {param.describe()}"
+    sources = [f"vars.{k}" for k, v in (spec.doc.get("vars") or {}).items() if isinstance(value, str) and v == value]
+    if sources and param.type in ("real", "int"):  # a word that came from vars: name where it came from
+        return [spec.problem(path, f"{key} = {value!r} (from {', '.join(sources)}) is not a number", hint)]
+    return [spec.problem(path, why, hint)]
 
 
 def _schedule_problems(value: Any, path: Path_, spec: GraphSpec) -> list[Problem]:
