@@ -5,8 +5,8 @@
 A signature says which keys a graph file may set; these declarations say which values: a temperature
 > 0, a probability in [0, 1], a count >= 1 and bounded. ``spec.checks`` checks every parameter a graph
 gives against its declaration at validate time (after ``${...}`` substitution; a schedule at its
-values' ends), so ``T: 0`` is one located error, not a NaN loss an hour into a run. ``kdgraph reference``
-prints the ranges beside the defaults.
+values' ends), so ``T: 0`` is one located error, not a NaN loss an hour into a run. The reference
+(``kdgraph list --markdown``, docs/reference.md) lists the ranges beside the defaults.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ MAX_COUNT = 1 << 20  # channels, widths, negatives: beyond a million no setting 
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter's type ("real", "int", "flag", "choice", "text", "reals", "ints") and range.
+    """One parameter's type ("real", "int", "flag", "choice", "text", "port", "reals", "ints") and range.
 
     schedule: a real that may be ``{value: v, warmup: n}`` etc. (an op's, where the op evaluates it;
     a loss's reals always may). port: may name a port instead, a learned value such as CTKD's
