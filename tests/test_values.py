@@ -180,3 +180,11 @@ def test_an_op_parameter_is_typed_and_bounded(tmp_path: Path) -> None:
     one_error(code, err, "<command line>: nodes.soft.log:", "expected true or false, not 'maybe'")
     code, err = validate(tmp_path, "+nodes.crd={op: crd, in: [student.pooled, teacher.pooled], nce_k: 100000000}")
     one_error(code, err, "<command line>: nodes.crd.nce_k:", "at most 1048576")
+
+
+@pytest.mark.parametrize(
+    ("override", "bound"), [("train.epochs=1125899906842624", "100000"), ("data.workers=100000", "256")]
+)
+def test_counts_of_the_run_are_bounded(tmp_path: Path, override: str, bound: str) -> None:
+    """Below 2**53 but no count a run means: a bound in the schema, located like any range."""
+    one_error(*validate(tmp_path, override), f"<command line>: {override.split('=')[0]}:", f"at most {bound}")
