@@ -26,6 +26,7 @@ from .meta import uninitialised
 from .registry import DATASETS
 from .rng import rng_state, seed_everything, set_rng_state
 from .spec import GraphSpec, load_spec
+from .steps import step_problems
 from .value_watch import ValueWatch, static_reason
 from .views import view_names
 
@@ -72,6 +73,9 @@ def check_graph(
     deps = dependency_problems(spec)  # init.from overrides, invalid dependencies, cycles of graph files
     if deps:
         raise SpecError(deps)
+    steps = step_problems(spec, spec_data_info(spec))  # epochs 0, or no full batch with drop_last
+    if steps:
+        raise SpecError(steps)
     return check_spec(spec, dry=dry, weights=weights)
 
 

@@ -151,7 +151,9 @@ def _param_table(e: Entry, skip: tuple[str, ...]) -> list[str]:
     params = [p for name, p in e.parameters().items() if name not in skip]
     if not params:
         return ["No parameters."]
-    rows = ["| parameter | type | default |", "|---|---|---|"]
+    declared = e.declared()  # ranges (kdgraph/params.py): a column of their own where the entry declares them
+    rows = ["| parameter | type | default | range |", "|---|---|---|---|"] if declared else []
+    rows = rows or ["| parameter | type | default |", "|---|---|---|"]
     for p in params:
         kind = "" if p.annotation is p.empty else f"`{_cell(_annotation(p.annotation))}`"
         if p.name in FROM_DATA:
@@ -160,7 +162,8 @@ def _param_table(e: Entry, skip: tuple[str, ...]) -> list[str]:
             default = "**required**"
         else:
             default = f"`{_cell(_yaml(p.default))}`"
-        rows.append(f"| `{p.name}` | {kind} | {default} |")
+        valid = f" {_cell(declared[p.name].describe())} |" if p.name in declared else (" |" if declared else "")
+        rows.append(f"| `{p.name}` | {kind} | {default} |{valid}")
     return rows
 
 

@@ -102,8 +102,31 @@ def port_problems(spec: GraphSpec, facts: dict[str, NodeFacts]) -> list[Problem]
         check(spec.deploy, ("deploy",))
     for s in spec.stages:
         for i, port in enumerate(s.eval):
-            check(port, ("stages", s.index, "eval", i) if spec.doc.get("stages") else ("train", "eval", i))
+            path = ("stages", s.index, "eval", i) if spec.doc.get("stages") else ("train", "eval", i)
+            check(port, path)
+            problems += _eval_problems(spec, facts, port, path)
     return problems
+
+
+def _eval_problems(spec: GraphSpec, facts: dict[str, NodeFacts], port: str, path: tuple) -> list[Problem]:
+    """Top-1/top-5 read one score per class: a feature map or vector is no prediction to rank."""
+    node, _, name = port.partition(".") if isinstance(port, str) else ("", "", "")
+    info = facts[node].ports.get(name) if node in facts else None
+    if info is None or info.kind not in ("map", "vector"):
+        return []  # logits, or not known before a tensor exists ("any"): the evaluation checks the shape
+    what = (
+        f"a feature map ({info.channels} channels)"
+        if info.kind == "map"
+        else f"a feature vector ({info.channels} channels)"
+    )
+    return [
+        spec.problem(
+            path,
+            f"{port} is {what}, not class logits: top-1/top-5 need one score per class",
+            f"evaluate a node's logits, e.g. {node}.logits" if "logits" in facts[node].ports else "evaluate logits",
+            kind="port",
+        )
+    ]
 
 
 def make_plan(spec: GraphSpec, facts: dict[str, NodeFacts]) -> Plan:

@@ -3,7 +3,7 @@
     @register_net("resnet8x4")
     def resnet8x4(num_classes: int = 100, in_channels: int = 3) -> nn.Module: ...
 
-    @register_loss("kd")
+    @register_loss("kd", params={"T": real(gt=0), "reduction": choice("batchmean", "mean")})
     def kd(pred, target, *, T: float = 4.0, reduction: str = "batchmean"): ...
 
     @register_op("mix")
@@ -13,7 +13,8 @@
     class Digits(DatasetSource): ...       # info(cfg, base_dir) and load(cfg, base_dir, seed)
 
 The constructor's (or the function's) signature is the contract: the graph file's extra keys must
-be among its keyword parameters. The first line of the docstring is the one-line description that
+be among its keyword parameters; ``params=`` declares each one's type and range (kdgraph.params), which
+``kdgraph validate`` checks. The first line of the docstring is the one-line description that
 ``kdgraph list`` prints. Filling the registries with the built-ins and plugins is ``kdgraph.catalog``'s
 job: this module imports nothing of what it holds.
 """
@@ -64,6 +65,10 @@ class Entry:
         return {
             p.name: p for p in self.signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
+
+    def declared(self) -> dict[str, Any]:
+        """Each parameter's declared type and range (``register_op("x", params={...})``, kdgraph.params)."""
+        return dict(self.extra.get("params") or {})
 
     def accepts_any_keyword(self) -> bool:
         return any(p.kind == p.VAR_KEYWORD for p in self.signature.parameters.values())
@@ -128,4 +133,3 @@ register_loss = LOSSES.register
 register_dataset = DATASETS.register
 
 REGISTRIES = {"nets": NETS, "ops": OPS, "losses": LOSSES, "datasets": DATASETS}
-

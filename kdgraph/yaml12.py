@@ -4,11 +4,14 @@
     data, lines, problems = parse(text, str(path))  # lines: {("nodes", "s", "net"): 7, ...}
     value = parse_value("5e-4")                     # an override's value: 0.0005, a float
 
-PyYAML reads YAML 1.1, where ``1e-3`` (no dot) is the string "1e-3"; here every YAML 1.2 float
-(``1e-3``, ``5e-4``, ``1e30``) is a number. ``<<: *base`` merges a mapping (explicit keys win).
-Aliases are expanded as copies, and the expanded document is bounded (MAX_VALUES values, MAX_DEPTH
-levels), so an alias bomb or a self-referential alias is one clear error, not MemoryError or
-RecursionError.
+PyYAML reads YAML 1.1, where ``1e-3`` (no dot) is the string "1e-3", ``010`` is 8 (octal), ``1:30`` is 90
+(base 60) and ``1_000`` is 1000; here numbers are YAML 1.2 core's: every float (``1e-3``, ``5e-4``, ``1e30``)
+is a number, ints are decimal (``010`` is 10), ``0o17`` or ``0x1f``, and ``1:30`` or ``1_000`` are strings
+(which the schema then refuses where a number is needed). An integer literal of more than MAX_INT_DIGITS
+digits is refused here, with its line; every other number's range is the spec's (spec/numbers.py).
+``<<: *base`` merges a mapping (explicit keys win). Aliases are expanded as copies, and the expanded
+document is bounded (MAX_VALUES values, MAX_DEPTH levels), so an alias bomb or a self-referential alias is
+one clear error, not MemoryError or RecursionError.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from .files import GRAPH, read_text
 
 MAX_VALUES = 100_000  # values in the document once aliases are expanded
 MAX_DEPTH = 64  # nesting levels
+MAX_INT_DIGITS = 30  # no setting has more digits; int() of 4,301 digits raises, of millions takes seconds
 
 STR_TAG = "tag:yaml.org,2002:str"
+INT_TAG = "tag:yaml.org,2002:int"
 MERGE_TAG = "tag:yaml.org,2002:merge"
 FLOAT_12 = re.compile(
     r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
@@ -33,21 +38,42 @@ FLOAT_12 = re.compile(
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
+INT_12 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
 
 
 class Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2's floats (an exponent needs no dot) and booleans (only true and false)."""
+    """SafeLoader with YAML 1.2 core's ints, floats (an exponent needs no dot) and booleans (only true and false)."""
 
 
 BOOL_12 = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
-# YAML 1.1 reads yes/no/on/off as booleans: `train.cache: off` would be False, not the option "off"
+# YAML 1.1 reads yes/no/on/off as booleans (`train.cache: off` would be False, not the option "off"),
+# 010 as 8, 1:30 as 90 and 1_000 as 1000: its bool, int and float forms are all replaced by 1.2's
+_REPLACED = ("tag:yaml.org,2002:bool", INT_TAG, "tag:yaml.org,2002:float")
 Loader.yaml_implicit_resolvers = {
-    k: [(tag, regexp) for tag, regexp in v if tag != "tag:yaml.org,2002:bool"]
+    k: [(tag, regexp) for tag, regexp in v if tag not in _REPLACED]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 Loader.add_implicit_resolver("tag:yaml.org,2002:bool", BOOL_12, list("tTfF"))
-# after 1.1's own float and int forms: only what they leave out (1e-3, 5e-4, 1e30) resolves here
+Loader.add_implicit_resolver(INT_TAG, INT_12, list("-+0123456789"))  # before floats: FLOAT_12 matches 10 too
 Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_12, list("-+0123456789."))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """A YAML 1.2 int: decimal (leading zeros are no octal), 0o octal, 0x hex; no `_`, no base 60."""
+    text = str(loader.construct_scalar(node))
+    sign = -1 if text.startswith("-") else 1
+    body = text.lstrip("+-")
+    try:
+        if body.startswith(("0o", "0x")) and text[0] not in "+-":
+            return int(body[2:], 8 if body[1] == "o" else 16)
+        return sign * int(body, 10)
+    except ValueError:  # an explicit `!!int 1:30` or `!!int 1_000`
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{text!r} is not a YAML 1.2 integer (decimal, 0o octal or 0x hex)", node.start_mark
+        ) from None
+
+
+Loader.add_constructor(INT_TAG, _construct_int)
 
 
 # ----------------------------------------------------------------------------- files
@@ -160,6 +186,10 @@ class _Walker:
         if any(node is s for s in stack):
             raise self._fail(node, "an alias refers to the node that contains it", "a value cannot contain itself")
         self.lines[path] = node.start_mark.line + 1  # a value's own line (a block mapping: its first key)
+        if isinstance(node, yaml.ScalarNode) and node.tag == INT_TAG and len(node.value) > MAX_INT_DIGITS:
+            shown = f"{node.value[:12]}... ({len(node.value)} digits)"
+            where = f"{_format(path)}: " if path else ""
+            raise self._fail(node, f"{where}integer {shown} is out of range", "no setting takes a number this large")
         if isinstance(node, yaml.MappingNode):
             self._mapping(node, path, depth, (*stack, node))
         elif isinstance(node, yaml.SequenceNode):

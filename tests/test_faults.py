@@ -81,8 +81,9 @@ def test_nan_loss_stops_naming_edge_and_step_and_keeps_last_good_checkpoint(grap
 
 
 def test_inf_in_the_weighted_sum_is_caught_too(graph: Path, tmp_path: Path) -> None:
-    """Finite losses with an infinite weight: the total is named, the run stops."""
-    code, err = cli("run", str(graph), "--out", str(tmp_path / "run"), "edges[0].weight=.inf", "edges[1].T=4")
+    """Finite losses, a finite weight whose product overflows (.inf itself is refused at validate): the
+    total is named, the run stops."""
+    code, err = cli("run", str(graph), "--out", str(tmp_path / "run"), "edges[0].weight=1.5e308", "edges[1].T=4")
     assert code == 2
     assert "the weighted sum of the losses became NaN/Inf at step 1" in err
 

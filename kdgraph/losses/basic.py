@@ -13,11 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import EPS, PROBABILITY, TEMPERATURE, choice, real
 from ..registry import register_loss
 from ._util import float32, t_squared, temperature, weighted_mean
 
 
-@register_loss("ce")
+@register_loss("ce", params={"label_smoothing": PROBABILITY})
 @float32
 def ce(
     pred: torch.Tensor,
@@ -31,7 +32,10 @@ def ce(
     return weighted_mean(per_sample, sample_weight)
 
 
-@register_loss("kd")
+@register_loss(
+    "kd",
+    params={"T": TEMPERATURE, "T_student": real(gt=0, port=True, null=True), "reduction": choice("batchmean", "mean")},
+)
 @float32
 def kd(
     pred: torch.Tensor,
@@ -74,7 +78,7 @@ def kd(
     raise ValueError(f"kd: reduction must be 'batchmean' or 'mean', not {reduction!r}")
 
 
-@register_loss("kl_prob")
+@register_loss("kl_prob", params={"T": TEMPERATURE, "eps": EPS})
 @float32
 def kl_prob(
     pred: torch.Tensor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import EPS, real
 from ..registry import register_loss
 from ._util import float32
 
@@ -22,7 +23,7 @@ def nce(p: torch.Tensor, n_data: float | torch.Tensor, eps: float = 1e-7) -> tor
     return -(log_d1.sum() + log_d0.sum()) / p.shape[0]
 
 
-@register_loss("crd")
+@register_loss("crd", params={"n_data": real(ge=1, port=True), "eps": EPS})
 @float32
 def crd(
     pred: torch.Tensor,

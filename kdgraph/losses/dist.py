@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import EPS, TEMPERATURE, WEIGHT
 from ..registry import register_loss
 from ._util import float32
 
@@ -16,7 +17,7 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.T
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
-@register_loss("dist")
+@register_loss("dist", params={"beta": WEIGHT, "gamma": WEIGHT, "tau": TEMPERATURE, "eps": EPS})
 @float32
 def dist(
     pred: torch.Tensor,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import TEMPERATURE, real
 from ..registry import register_loss
 from ._util import float32, t_squared, temperature, weighted_mean
 
@@ -42,7 +43,7 @@ def _nckd(pred: torch.Tensor, target: torch.Tensor, g: torch.Tensor, T: float | 
     return (log_q_t.exp() * (log_q_t - log_q_s)).sum(dim=1)
 
 
-@register_loss("tckd")
+@register_loss("tckd", params={"T": TEMPERATURE})
 @float32
 def tckd(
     pred: torch.Tensor,
@@ -62,7 +63,7 @@ def tckd(
     return weighted_mean(per_sample, sample_weight)
 
 
-@register_loss("nckd")
+@register_loss("nckd", params={"T": TEMPERATURE})
 @float32
 def nckd(
     pred: torch.Tensor,
@@ -82,7 +83,7 @@ def nckd(
     return weighted_mean(per_sample, sample_weight)
 
 
-@register_loss("dkd")
+@register_loss("dkd", params={"alpha": real(ge=0, port=True), "beta": real(ge=0, port=True), "T": TEMPERATURE})
 @float32
 def dkd(
     pred: torch.Tensor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import real
 from ..registry import register_loss
 from ._util import float32, match_spatial
 
@@ -14,7 +15,7 @@ def factor_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return F.normalize(f.pow(p).mean(dim=1).reshape(f.shape[0], -1))
 
 
-@register_loss("ft")
+@register_loss("ft", params={"p1": real(gt=0), "p2": real(gt=0)})
 @float32
 def ft(pred: torch.Tensor, target: torch.Tensor, *, p1: float = 2.0, p2: float = 1.0) -> torch.Tensor:
     """Factor transfer: mean |F(s) - F(t)|^p2 with F(f) = normalise(mean_c f^p1) (RepDistiller's FactorTransfer).

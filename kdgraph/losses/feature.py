@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import EPS, choice, real
 from ..registry import register_loss
 from ._util import flat, float32, match_spatial, same_shape, weighted_mean, weighted_sum
 
 MSE_REDUCTIONS = ("mean", "sum_n", "sum", "masked_sum")
 
 
-@register_loss("mse")
+@register_loss("mse", params={"reduction": choice("mean", "sum_n", "sum", "masked_sum")})
 @float32
 def mse(
     pred: torch.Tensor,
@@ -45,7 +46,7 @@ def mse(
     raise ValueError(f"mse: reduction must be one of {', '.join(MSE_REDUCTIONS)}, not {reduction!r}")
 
 
-@register_loss("fitnet")
+@register_loss("fitnet", params={})
 @float32
 def fitnet(
     pred: torch.Tensor,
@@ -66,7 +67,7 @@ def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return F.normalize(f.abs().pow(p).mean(dim=1).reshape(f.shape[0], -1), dim=1)
 
 
-@register_loss("at")
+@register_loss("at", params={"p": real(gt=0)})
 @float32
 def at(
     pred: torch.Tensor,
@@ -88,7 +89,7 @@ def at(
     return weighted_mean(diff, sample_weight)
 
 
-@register_loss("cosine")
+@register_loss("cosine", params={"eps": EPS})
 @float32
 def cosine(
     pred: torch.Tensor,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import integer, port
 from ..registry import register_loss
 from ._util import float32
 
 
-@register_loss("fsp")
+@register_loss("fsp", params={})
 @float32
 def fsp(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """FSP: mean squared difference of the student's and teacher's FSP matrices, mean over all N*C_u*C_l entries.
@@ -23,8 +24,10 @@ def fsp(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Transfer Learning. CVPR 2017, Eq. 2.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"fsp: student FSP matrix {tuple(pred.shape)} and teacher's {tuple(target.shape)} differ: "
-                         "FSP needs the same channel counts at both positions on both sides")
+        raise ValueError(
+            f"fsp: student FSP matrix {tuple(pred.shape)} and teacher's {tuple(target.shape)} differ: "
+            "FSP needs the same channel counts at both positions on both sides"
+        )
     return (pred - target).pow(2).mean()
 
 
@@ -54,9 +57,7 @@ def _rbf(v: torch.Tensor, v_prev: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(v.unsqueeze(2) - v_prev.unsqueeze(1)).pow(2) / 8.0)
 
 
-def _svd_side(
-    f_s: torch.Tensor, f_t: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _svd_side(f_s: torch.Tensor, f_t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer's student and teacher vectors, student aligned to teacher, both scaled by the teacher's values."""
     v_t, s_t = _svd_factors(f_t, k)
     v_s, _ = _svd_factors(f_s, k + 3)
@@ -64,7 +65,7 @@ def _svd_side(
     return _aligned(v_s, v_t) * scale, v_t * scale
 
 
-@register_loss("kdsvd")
+@register_loss("kdsvd", params={"pred_prev": port(), "target_prev": port(), "k": integer(le=4096)})
 @float32
 def kdsvd(
     pred: torch.Tensor,
@@ -90,8 +91,10 @@ def kdsvd(
     Decomposition. ECCV 2018, arXiv:1807.06819.
     """
     if pred.shape[1] != target.shape[1] or pred_prev.shape[1] != target_prev.shape[1]:
-        raise ValueError(f"kdsvd: channels differ between student and teacher ({pred_prev.shape[1]}, {pred.shape[1]} "
-                         f"vs {target_prev.shape[1]}, {target.shape[1]}): KDSVD compares channel-by-channel relations")
+        raise ValueError(
+            f"kdsvd: channels differ between student and teacher ({pred_prev.shape[1]}, {pred.shape[1]} "
+            f"vs {target_prev.shape[1]}, {target.shape[1]}): KDSVD compares channel-by-channel relations"
+        )
     k = int(k)
     v_s, v_t = _svd_side(pred, target, k)
     v_sp, v_tp = _svd_side(pred_prev, target_prev, k)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import port, reals
 from ..registry import register_loss
 from ._util import float32
 from .basic import kd
@@ -46,7 +47,7 @@ def class_gram_loss(pred: torch.Tensor, target: torch.Tensor, T: float) -> torch
     return ((pt.t() @ pt - ps.t() @ ps) ** 2).sum() / pred.shape[1]
 
 
-@register_loss("mlkd_instance")
+@register_loss("mlkd_instance", params={"temperatures": reals(gt=0), "mask": port()})
 @float32
 def mlkd_instance(
     pred: torch.Tensor,
@@ -64,7 +65,7 @@ def mlkd_instance(
     return sum(kd(pred, target, T=float(t)) for t in temperatures) * _kept(mask)
 
 
-@register_loss("mlkd_batch")
+@register_loss("mlkd_batch", params={"temperatures": reals(gt=0), "mask": port()})
 @float32
 def mlkd_batch(
     pred: torch.Tensor,
@@ -81,7 +82,7 @@ def mlkd_batch(
     return sum(batch_gram_loss(pred, target, float(t)) for t in temperatures) * _kept(mask)
 
 
-@register_loss("mlkd_class")
+@register_loss("mlkd_class", params={"temperatures": reals(gt=0), "mask": port()})
 @float32
 def mlkd_class(
     pred: torch.Tensor,

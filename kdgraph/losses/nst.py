@@ -19,7 +19,7 @@ def poly2_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a @ b.transpose(1, 2)).pow(2).mean()
 
 
-@register_loss("nst")
+@register_loss("nst", params={})
 @float32
 def nst(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """NST: squared MMD with a degree-2 polynomial kernel between the channel patterns of two maps.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import port, real
 from ..registry import register_loss
 from ._util import float32
 
 
-@register_loss("ofd")
+@register_loss("ofd", params={"margin": port()})
 @float32
 def ofd(pred: torch.Tensor, target: torch.Tensor, *, margin: torch.Tensor) -> torch.Tensor:
     """OFD's partial L2 between pre-ReLU maps, teacher values clamped below at the margin.
@@ -33,7 +34,7 @@ def ofd(pred: torch.Tensor, target: torch.Tensor, *, margin: torch.Tensor) -> to
     return loss.mean(dim=0).sum()
 
 
-@register_loss("ab")
+@register_loss("ab", params={"margin": real(ge=0)})
 @float32
 def ab(pred: torch.Tensor, target: torch.Tensor, *, margin: float = 1.0) -> torch.Tensor:
     """AB's alternative L2 on activation boundaries, summed over all elements and divided by the batch.

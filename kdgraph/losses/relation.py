@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import EPS, WEIGHT
 from ..registry import register_loss
 from ._util import flat, float32
 
@@ -28,7 +29,7 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(u, u.transpose(1, 2)).reshape(-1)
 
 
-@register_loss("rkd")
+@register_loss("rkd", params={"distance_weight": WEIGHT, "angle_weight": WEIGHT, "eps": EPS})
 @float32
 def rkd(
     pred: torch.Tensor,

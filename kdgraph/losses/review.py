@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import integers
 from ..registry import register_loss
 from ._util import float32
 
 
-@register_loss("hcl")
+@register_loss("hcl", params={"levels": integers(le=1024)})
 @float32
 def hcl(pred: torch.Tensor, target: torch.Tensor, *, levels: list[int] | tuple[int, ...] = (4, 2, 1)) -> torch.Tensor:
     """Hierarchical context loss: MSE of the maps plus MSEs of their pyramid poolings, halving weights.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import EPS
 from ..registry import register_loss
 from ._util import flat, float32
 
@@ -25,7 +26,7 @@ def pkt_affinity(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return k / k.sum(dim=1, keepdim=True)
 
 
-@register_loss("pkt")
+@register_loss("pkt", params={"eps": EPS})
 @float32
 def pkt(pred: torch.Tensor, target: torch.Tensor, *, eps: float = 1e-7) -> torch.Tensor:
     """PKT: KL between the teacher's and student's cosine-affinity distributions, mean over N*N entries.
@@ -48,7 +49,7 @@ def sp_gram(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(f @ f.t(), dim=1)
 
 
-@register_loss("sp")
+@register_loss("sp", params={})
 @float32
 def sp(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Similarity-preserving KD: ||G_t - G_s||_F^2 / N^2 with G = row-normalised x x^T of the flattened maps.
@@ -62,7 +63,7 @@ def sp(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (sp_gram(target) - sp_gram(pred)).pow(2).sum() / (n * n)
 
 
-@register_loss("cc")
+@register_loss("cc", params={})
 @float32
 def cc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Correlation congruence as RepDistiller computes it: mean_i sum_d |e_i - e'_i|_d * |e_{i+1} - e'_{i+1}|_d.
@@ -77,7 +78,9 @@ def cc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Knowledge Distillation. ICCV 2019, arXiv:1904.01802.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"cc: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ; "
-                         "embed both sides to one width with linear_embed ops")
+        raise ValueError(
+            f"cc: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ; "
+            "embed both sides to one width with linear_embed ops"
+        )
     delta = flat(pred - target).abs()
     return (delta[:-1] * delta[1:]).sum(dim=1).mean()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from ..params import real
 from ..registry import register_loss
 from ._util import float32, match_spatial
 
 
-@register_loss("vid")
+@register_loss("vid", params={"var": real(gt=0, port=True)})
 @float32
 def vid(
     pred: torch.Tensor,

@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import integer, integers, real
 from ..registry import PortInfo, register_net
 from .base import PortNet, staged_ports
 
 
-@register_net("mlp")
+@register_net("mlp", params={"hidden": integers(le=65536), "dropout": real(ge=0, lt=1)})
 class MLP(PortNet):
     """Multi-layer perceptron on flattened images; ports logits and pooled (last hidden layer)."""
 
@@ -47,7 +48,7 @@ class _ConvBN(nn.Sequential):
         super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
 
 
-@register_net("cnn")
+@register_net("cnn", params={"width": integer(le=4096)})
 class SmallCNN(PortNet):
     """Three conv-BN-ReLU stages (widths w, 2w, 4w; strides 1, 2, 2), global pool, linear."""
 

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import integer, integers
 from ..registry import register_net
 from .base import staged_ports
 from .cifar_resnet import BasicBlock, CifarResNet, Stage, StagedNet, global_pool
 
 
-@register_net("resnet_tiny")
+@register_net("resnet_tiny", params={"depth": integer(ge=8, le=1202), "widths": integers(le=4096)})
 def resnet_tiny(
     depth: int = 8, widths: list[int] | tuple[int, ...] = (8, 8, 16, 32), num_classes: int = 10, in_channels: int = 1
 ) -> CifarResNet:
@@ -66,7 +67,7 @@ class TinyResNet18(StagedNet):
         return pooled, self.linear(pooled)
 
 
-@register_net("resnet18_tiny")
+@register_net("resnet18_tiny", params={"widths": integers(le=4096), "blocks": integer(le=64)})
 def resnet18_tiny(
     widths: list[int] | tuple[int, ...] = (8, 8, 16, 32, 64),
     blocks: int = 2,

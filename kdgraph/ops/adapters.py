@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import flag, integer, real
 from ..registry import PortInfo, register_op
 from ..schedule import Schedule
 from .base import Op, channels_of, first_info
@@ -43,11 +44,22 @@ def convreg_layer(c_in: int, c_out: int, s_h: int, t_h: int) -> nn.Module:
         return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
     if s_h >= t_h:
         return nn.Conv2d(c_in, c_out, 1 + s_h - t_h)
-    raise ValueError(f"student map {s_h}x{s_h} is smaller than the teacher's {t_h}x{t_h} by a factor other "
-                     "than 2, which ConvReg does not map; give kernel_size for a conv + resize instead")
+    raise ValueError(
+        f"student map {s_h}x{s_h} is smaller than the teacher's {t_h}x{t_h} by a factor other "
+        "than 2, which ConvReg does not map; give kernel_size for a conv + resize instead"
+    )
 
 
-@register_op("connector")
+@register_op(
+    "connector",
+    params={
+        "channels": integer(null=True),
+        "kernel_size": integer(le=64, null=True),
+        "bn": flag(),
+        "relu": flag(),
+        "bias": flag(null=True),
+    },
+)
 class Connector(Op):
     """FitNet's connector (RepDistiller / mdistiller ``ConvReg``): Conv with bias + BN [+ ReLU] to `channels`.
 
@@ -102,7 +114,7 @@ class Connector(Op):
         return {"out": self._info}
 
 
-@register_op("projector")
+@register_op("projector", params={"channels": integer(null=True), "factor": integer(le=64)})
 class Projector(Op):
     """SimKD's projector: Conv1x1(s -> t/f)+BN+ReLU, Conv3x3(t/f -> t/f)+BN+ReLU, Conv1x1(t/f -> t)+BN+ReLU.
 
@@ -119,9 +131,15 @@ class Projector(Op):
         c_s, c_t = channels_of(in_info, 0, "projector"), _target_channels(channels, in_info, "projector")
         mid = c_t // int(factor)
         self.body = nn.Sequential(
-            nn.Conv2d(c_s, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-            nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-            nn.Conv2d(mid, c_t, 1, bias=False), nn.BatchNorm2d(c_t), nn.ReLU(),
+            nn.Conv2d(c_s, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, c_t, 1, bias=False),
+            nn.BatchNorm2d(c_t),
+            nn.ReLU(),
         )
         ref = first_info(in_info, 1)
         self._info = PortInfo("map", c_t, ref.stride or first_info(in_info).stride)
@@ -135,7 +153,7 @@ class Projector(Op):
         return {"out": self._info}
 
 
-@register_op("pool")
+@register_op("pool", params={"size": integer(le=4096), "flatten": flag(null=True)})
 class Pool(Op):
     """Adaptive average pooling: to `size` (default 1, then flattened to (N, C)) or to a second input's size.
 
@@ -143,9 +161,7 @@ class Pool(Op):
     to size x size; size 1 is flattened to a vector unless flatten=false. A vector input passes through.
     """
 
-    def __init__(
-        self, size: int = 1, flatten: bool | None = None, in_info: list[PortInfo] | None = None
-    ):
+    def __init__(self, size: int = 1, flatten: bool | None = None, in_info: list[PortInfo] | None = None):
         super().__init__()
         self.size = int(size)
         self.flatten = (self.size == 1) if flatten is None else bool(flatten)
@@ -176,7 +192,7 @@ def channel_mask(x: torch.Tensor, ratio: float) -> torch.Tensor:
     return x * keep.to(x.dtype)
 
 
-@register_op("channel_mask")
+@register_op("channel_mask", params={"ratio": real(ge=0, le=1, schedule=True), "train_only": flag()})
 class ChannelMask(Op):
     """MGD's random channel mask: zero a (sample, channel) slice where u < ratio (0.15), u ~ U[0, 1).
 
@@ -200,7 +216,7 @@ class ChannelMask(Op):
         return {"out": self._info}
 
 
-@register_op("generator")
+@register_op("generator", params={"channels": integer(null=True), "mask_ratio": real(ge=0, le=1, schedule=True)})
 class Generator(Op):
     """MGD's generation block: [Conv1x1 align if channels differ] -> [mask] -> Conv3x3-ReLU-Conv3x3 (biases).
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import did_you_mean
+from ..params import text
 from ..registry import PortInfo, register_op
 from .base import Op
 
@@ -23,7 +24,7 @@ def _submodule(net: nn.Module, path: str, node: str) -> nn.Module:
         raise ValueError(f"call: node {node!r} has no submodule {path!r} ({hint})") from None
 
 
-@register_op("call")
+@register_op("call", params={"node": text(), "module": text()})
 class Call(Op):
     """Run submodule `module` of node `node` on the inputs, with that node's weights (shared, not copied).
 
@@ -39,8 +40,9 @@ class Call(Op):
 
     node_refs: tuple[str, ...] = ("node",)
 
-    def __init__(self, node: str, module: str = "", nodes: Mapping[str, nn.Module] | None = None,
-                 num_classes: int | None = None):
+    def __init__(
+        self, node: str, module: str = "", nodes: Mapping[str, nn.Module] | None = None, num_classes: int | None = None
+    ):
         super().__init__()
         if nodes is None or node not in nodes:
             known = sorted(nodes.keys()) if nodes is not None else []

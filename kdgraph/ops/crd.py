@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import PROBABILITY, choice, integer, real
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of
 
@@ -51,7 +52,18 @@ def _gather(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-@register_op("crd")
+@register_op(
+    "crd",
+    params={
+        "feat_dim": integer(),
+        "nce_k": integer(),
+        "nce_t": real(gt=0),
+        "nce_m": PROBABILITY,
+        "negatives": choice(*NEGATIVES),
+        "mode": choice(*MODES),
+        "n_data": integer(null=True),
+    },
+)
 class CRDMemory(Op):
     """CRD: embedding heads, a momentum memory bank over the training set, and NCE scores against K negatives.
 
@@ -171,5 +183,7 @@ class CRDMemory(Op):
         }
 
     def extra_repr(self) -> str:
-        return (f"n_data={self.memory_s.shape[0]}, feat_dim={self.memory_s.shape[1]}, nce_k={self.k}, "
-                f"nce_t={self.t}, nce_m={self.m}, negatives={self.negatives!r}, mode={self.mode!r}")
+        return (
+            f"n_data={self.memory_s.shape[0]}, feat_dim={self.memory_s.shape[1]}, nce_k={self.k}, "
+            f"nce_t={self.t}, nce_m={self.m}, negatives={self.negatives!r}, mode={self.mode!r}"
+        )

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..params import integer
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of
 
 
-@register_op("linear_embed")
+@register_op("linear_embed", params={"dim": integer()})
 class LinearEmbed(Op):
     """A linear map (with bias) of the flattened input to ``dim`` features: (N, dim). RepDistiller's LinearEmbed.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..params import flag, integer, real
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of, first_info
 
@@ -18,7 +19,7 @@ def _conv_stack(channels: list[int], bn: bool, transpose: bool = False) -> nn.Se
     return nn.Sequential(*layers)
 
 
-@register_op("paraphraser")
+@register_op("paraphraser", params={"rate": real(gt=0, le=64), "bn": flag()})
 class Paraphraser(Op):
     """FT's paraphraser: an autoencoder of the teacher's map whose code is the teacher's factor.
 
@@ -49,7 +50,7 @@ class Paraphraser(Op):
         return dict(self._ports)
 
 
-@register_op("translator")
+@register_op("translator", params={"channels": integer(null=True), "rate": real(gt=0, le=64), "bn": flag()})
 class Translator(Op):
     """FT's translator: the student's map to a factor the width of the teacher's.
 
@@ -59,8 +60,9 @@ class Translator(Op):
     (N, kC_t, H, W). Kim, Park, Kwak, NeurIPS 2018.
     """
 
-    def __init__(self, channels: int | None = None, rate: float = 0.5, bn: bool = True,
-                 in_info: list[PortInfo] | None = None):
+    def __init__(
+        self, channels: int | None = None, rate: float = 0.5, bn: bool = True, in_info: list[PortInfo] | None = None
+    ):
         super().__init__()
         c_s = channels_of(in_info, 0, "translator")
         c_t = int(channels) if channels is not None else channels_of(in_info, 1, "translator")

@@ -25,7 +25,7 @@ def fsp_matrix(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     return up @ lo.transpose(1, 2) / lo.shape[2]
 
 
-@register_op("fsp_matrix")
+@register_op("fsp_matrix", params={})
 class FSPMatrix(Op):
     """FSP matrix of two maps of one net: mean over positions of upper_j * lower_i, (N, C_upper, C_lower).
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import choice, integer
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of, first_info
 
@@ -25,7 +26,7 @@ class _Up(nn.Module):
         return self.conv(F.interpolate(x, size=size, mode="bilinear", align_corners=True))
 
 
-@register_op("mfm")
+@register_op("mfm", params={"channels": integer(), "fusion": choice("mixed", "add", "concat", "none")})
 class MixedFusion(Op):
     """TESKD's Mixed Fusion Module: top-down fusion of stage features s1..sB into t1..tB (C channels each).
 
@@ -97,7 +98,7 @@ class MixedFusion(Op):
         return {name: PortInfo("map", self.channels, s) for name, s in zip(self.outputs, self.strides)}
 
 
-@register_op("branch_head")
+@register_op("branch_head", params={"kernel": integer(le=64), "channels": integer()})
 class BranchHead(Op):
     """TESKD's branch classifier: Conv k x k stride k + BN + ReLU, Conv1x1 + BN + ReLU, pool, Linear.
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..params import real
 from ..registry import PortInfo, register_op
 from ..schedule import Schedule
 from .base import Op, first_info
@@ -30,7 +31,7 @@ def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     return _ScaleGrad.apply(x, float(factor))
 
 
-@register_op("grl")
+@register_op("grl", params={"factor": real(schedule=True)})
 class GradientReversal(Op):
     """Gradient reversal: forward identity, backward x factor (default -1); factor may be a schedule.
 
@@ -52,7 +53,7 @@ class GradientReversal(Op):
         return {"out": self._info}
 
 
-@register_op("detach")
+@register_op("detach", params={})
 class Detach(Op):
     """Stop-gradient: the input's value, no gradient flows back through it."""
 
@@ -69,7 +70,7 @@ class Detach(Op):
         return {"out": self._info}
 
 
-@register_op("identity")
+@register_op("identity", params={})
 class Identity(Op):
     """The input unchanged: a named alias for a port (e.g. to give a tap a readable name)."""
 
@@ -84,7 +85,7 @@ class Identity(Op):
         return {"out": self._info}
 
 
-@register_op("temperature")
+@register_op("temperature", params={"t_init": real(), "t_min": real(gt=0), "t_range": real(ge=0)})
 class Temperature(Op):
     """CTKD's learnable global temperature: T = t_min + t_range * sigmoid(t), a 0-dim tensor; t starts at t_init.
 

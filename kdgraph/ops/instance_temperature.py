@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..params import integer, real
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of
 
 
-@register_op("instance_temperature")
+@register_op("instance_temperature", params={"hidden": integer(), "t_min": real(gt=0), "t_range": real(ge=0)})
 class InstanceTemperature(Op):
     """CTKD's instance-wise temperature: T_n = t_min + t_range * sigmoid(MLP([z_t[n] || z_s[n]])), shape (N, 1).
 

@@ -8,12 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import choice, flag, integer, real, reals
 from ..registry import PortInfo, register_op
 from ..schedule import Schedule
 from .base import Op, first_info
 
 
-@register_op("mix")
+@register_op(
+    "mix",
+    params={
+        "weights": reals(schedule=True, null=True),
+        "space": choice("logits", "prob"),
+        "T": real(gt=0, schedule=True),
+    },
+)
 class Mix(Op):
     """Weighted sum of n inputs (SLKD's rho-mix); over logits, or over probabilities with space=prob.
 
@@ -55,7 +63,7 @@ class Mix(Op):
         return {"out": self._info}
 
 
-@register_op("soften")
+@register_op("soften", params={"T": real(gt=0, schedule=True), "log": flag()})
 class Soften(Op):
     """Softened logits: log_softmax(z / T) (SKD's g); or softmax(z / T) with log=false."""
 
@@ -72,7 +80,9 @@ class Soften(Op):
         return {"out": self._info}
 
 
-@register_op("simplifier")
+@register_op(
+    "simplifier", params={"width": integer(), "dropout": real(ge=0, lt=1), "residual": flag(), "zero_init_out": flag()}
+)
 class Simplifier(Op):
     """SKD's learning simplifier: self-attention across the batch, out = g + Dropout(Linear(A V)).
 
@@ -116,7 +126,7 @@ class Simplifier(Op):
         return {"out": PortInfo("logits", self.classes)}
 
 
-@register_op("class_temperature")
+@register_op("class_temperature", params={"T_target": real(gt=0, schedule=True), "T_other": real(gt=0, schedule=True)})
 class ClassTemperature(Op):
     """Per-sample, per-class temperatures (N, C) from labels: T_target on the label's class, T_other elsewhere.
 
@@ -143,7 +153,7 @@ class ClassTemperature(Op):
         return {"out": PortInfo("logits", self.num_classes)}
 
 
-@register_op("linear_head")
+@register_op("linear_head", params={"out_features": integer(null=True), "bias": flag()})
 class LinearHead(Op):
     """A linear classifier on a vector (maps are globally average-pooled first): IPWD's extra CE head.
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..params import EPS, choice
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of, first_info
 
@@ -19,7 +20,7 @@ def pooled(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).mean(dim=2) if x.dim() > 2 else x
 
 
-@register_op("channel_match")
+@register_op("channel_match", params={"metric": choice(*METRICS), "method": choice(*METHODS), "eps": EPS})
 class ChannelMatch(Op):
     """KCD channel matching: fit over the data, then output teacher features permuted to the student's channels.
 
@@ -61,8 +62,10 @@ class ChannelMatch(Op):
         self.metric, self.method, self.eps = metric, method, float(eps)
         self.c_t, self.c_s = channels_of(in_info, 0, "channel_match"), channels_of(in_info, 1, "channel_match")
         if method == "bipartite" and self.c_t < self.c_s:
-            raise ValueError(f"channel_match: bipartite matching needs at least as many teacher channels "
-                             f"({self.c_t}) as student channels ({self.c_s}); use method: greedy")
+            raise ValueError(
+                f"channel_match: bipartite matching needs at least as many teacher channels "
+                f"({self.c_t}) as student channels ({self.c_s}); use method: greedy"
+            )
         self.register_buffer("perm", torch.arange(self.c_s) % self.c_t)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self._is_fitted = False  # mirrors `fitted` on the host: no device sync per forward
@@ -79,18 +82,28 @@ class ChannelMatch(Op):
     def fit_step(self, teacher: torch.Tensor, student: torch.Tensor, *_: Any) -> None:
         t, s = pooled(teacher).double(), pooled(student).double()
         if t.shape[1] != self.c_t or s.shape[1] != self.c_s:
-            raise ValueError(f"channel_match was built for {self.c_t} teacher / {self.c_s} student channels, "
-                             f"got {t.shape[1]} / {s.shape[1]}")
+            raise ValueError(
+                f"channel_match was built for {self.c_t} teacher / {self.c_s} student channels, "
+                f"got {t.shape[1]} / {s.shape[1]}"
+            )
         batch = {
             "n": torch.tensor(float(t.shape[0]), dtype=torch.float64, device=t.device),
-            "t": t.sum(0), "s": s.sum(0), "tt": t.pow(2).sum(0), "ss": s.pow(2).sum(0), "ts": t.t() @ s,
+            "t": t.sum(0),
+            "s": s.sum(0),
+            "tt": t.pow(2).sum(0),
+            "ss": s.pow(2).sum(0),
+            "ts": t.t() @ s,
         }
         if self.metric == "l1":  # not expressible by moments: accumulate sum_n |t_ni - s_nj| directly
             batch["l1"] = torch.cdist(t.t().contiguous(), s.t().contiguous(), p=1)
         if self.metric == "kl":  # KL's moments: sum_n t, sum_n t log t, sum_n t log s (masses clamped at 0)
             tp, sp = t.clamp_min(0), s.clamp_min(0)
-            batch.update(kt=tp.sum(0), ks=sp.sum(0), ktlogt=torch.xlogy(tp, tp).sum(0),
-                         ktlogs=tp.t() @ sp.clamp_min(self.eps).log())
+            batch.update(
+                kt=tp.sum(0),
+                ks=sp.sum(0),
+                ktlogt=torch.xlogy(tp, tp).sum(0),
+                ktlogs=tp.t() @ sp.clamp_min(self.eps).log(),
+            )
         if self._stats is None:
             self._stats = batch
         else:
@@ -147,8 +160,10 @@ class ChannelMatch(Op):
     # --- use ----------------------------------------------------------------------------------
     def forward(self, teacher: torch.Tensor, student: torch.Tensor | None = None) -> torch.Tensor:
         if not self._is_fitted:
-            raise RuntimeError("channel_match has not been fitted: list this node under `fit:` in a stage "
-                               "that runs before the one that uses it (or load a fitted checkpoint)")
+            raise RuntimeError(
+                "channel_match has not been fitted: list this node under `fit:` in a stage "
+                "that runs before the one that uses it (or load a fitted checkpoint)"
+            )
         return teacher.index_select(1, self.perm)
 
     def port_info(self) -> dict[str, PortInfo]:

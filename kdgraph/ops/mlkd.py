@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from ..params import PROBABILITY, choice
 from ..registry import PortInfo, register_op
 from .base import Op
 
 
-@register_op("confidence_mask")
+@register_op("confidence_mask", params={"level": choice("sample", "class"), "quantile": PROBABILITY})
 class ConfidenceMask(Op):
     """Confidence mask of teacher logits (N, C), as MLKD's code builds it from the weak view's teacher.
 

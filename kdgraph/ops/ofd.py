@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..params import integer, text
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of, first_info
 from .call import _submodule
@@ -35,7 +36,7 @@ def _last_bn(module: nn.Module, path: str, node: str) -> nn.BatchNorm2d:
     return bns[-1]
 
 
-@register_op("bn_margin")
+@register_op("bn_margin", params={"node": text(), "bn": text()})
 class BNMargin(Op):
     """OFD's margin per channel from the BN before a stage's final ReLU, read from another node's weights.
 
@@ -52,8 +53,13 @@ class BNMargin(Op):
     node_refs: tuple[str, ...] = ("node",)
     stops_gradient = True
 
-    def __init__(self, node: str, bn: str = "", nodes: Mapping[str, nn.Module] | None = None,
-                 in_info: list[PortInfo] | None = None):
+    def __init__(
+        self,
+        node: str,
+        bn: str = "",
+        nodes: Mapping[str, nn.Module] | None = None,
+        in_info: list[PortInfo] | None = None,
+    ):
         super().__init__()
         if nodes is None or node not in nodes:
             raise ValueError(f"bn_margin: unknown node {node!r} (declare it before this node)")
@@ -75,7 +81,7 @@ class BNMargin(Op):
         return f"node={self.node!r}, bn={self.bn!r}"
 
 
-@register_op("ofd_connector")
+@register_op("ofd_connector", params={"channels": integer(null=True), "kernel_size": integer(le=64)})
 class OFDConnector(Op):
     """OFD's connector: Conv1x1(C_s -> C_t, no bias) + BN, the conv drawn N(0, 2 / (k*k*C_t)).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import EPS, flag, real
 from ..registry import PortInfo, register_op
 from ..schedule import Schedule
 from .base import Op
@@ -33,7 +34,15 @@ def inverse_propensity(
     return weight
 
 
-@register_op("propensity")
+@register_op(
+    "propensity",
+    params={
+        "T": real(gt=0, schedule=True),
+        "clip": real(gt=0, schedule=True, null=True),
+        "normalize": flag(),
+        "eps": EPS,
+    },
+)
 class Propensity(Op):
     """IPWD's per-sample KD weights: the inverse propensity p_head(y|x) / p_machine(y|x), batch mean 1.
 

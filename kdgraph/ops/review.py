@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import integer, integers
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of, first_info
 
@@ -36,7 +37,7 @@ class ABF(nn.Module):
         return self.conv2(x), x
 
 
-@register_op("review")
+@register_op("review", params={"channels": integers(null=True), "mid_channels": integer()})
 class Review(Op):
     """ReviewKD's residual learning framework: ABF modules from the deepest student feature to the shallowest.
 
@@ -52,8 +53,9 @@ class Review(Op):
 
     outputs: tuple[str, ...] = ()
 
-    def __init__(self, channels: list[int] | None = None, mid_channels: int = 512,
-                 in_info: list[PortInfo] | None = None):
+    def __init__(
+        self, channels: list[int] | None = None, mid_channels: int = 512, in_info: list[PortInfo] | None = None
+    ):
         super().__init__()
         n = len(in_info) if in_info else 0
         if n == 0:
@@ -64,9 +66,7 @@ class Review(Op):
             raise ValueError(f"review: {n} inputs but {len(c_out)} channels")
         mid = min(int(mid_channels), c_in[-1])
         self.abfs = nn.ModuleList([ABF(c_in[i], mid, c_out[i], fuse=i < n - 1) for i in range(n)])
-        self._ports = {
-            f"out{i}": PortInfo("map", c_out[i], first_info(in_info, i).stride) for i in range(n)
-        }
+        self._ports = {f"out{i}": PortInfo("map", c_out[i], first_info(in_info, i).stride) for i in range(n)}
 
     def forward(self, *features: torch.Tensor) -> dict[str, torch.Tensor]:
         xs = [f if f.dim() == 4 else f.reshape(f.shape[0], -1, 1, 1) for f in features]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from ..params import EPS, real
 from ..registry import PortInfo, register_op
 from .base import Op, first_info
 
 
-@register_op("standardize")
+@register_op("standardize", params={"base_T": real(gt=0), "eps": EPS})
 class Standardize(Op):
     """Per-sample Z-score of logits: z' = (z - mean(z)) / (std(z) + eps) / base_T.
 

@@ -8,11 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import EPS, flag, integer, real
 from ..registry import PortInfo, register_op
 from .base import Op, channels_of, first_info
 
 
-@register_op("vid_regressor")
+@register_op(
+    "vid_regressor",
+    params={"mid_channels": integer(null=True), "init_var": real(gt=0), "eps": EPS, "learn_var": flag()},
+)
 class VIDRegressor(Op):
     """VID's mean regressor Conv1x1-ReLU-Conv1x1-ReLU-Conv1x1 (no biases) plus a per-channel variance.
 
@@ -40,8 +44,10 @@ class VIDRegressor(Op):
         c_s, c_t = channels_of(in_info, 0, "vid_regressor"), channels_of(in_info, 1, "vid_regressor")
         mid = int(mid_channels) if mid_channels is not None else c_t
         self.regressor = nn.Sequential(
-            nn.Conv2d(c_s, mid, 1, bias=False), nn.ReLU(),
-            nn.Conv2d(mid, mid, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(c_s, mid, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(mid, mid, 1, bias=False),
+            nn.ReLU(),
             nn.Conv2d(mid, c_t, 1, bias=False),
         )
         alpha = torch.full((c_t,), math.log(math.expm1(float(init_var) - float(eps))))  # softplus^-1(init - eps)

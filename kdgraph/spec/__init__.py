@@ -40,6 +40,7 @@ from .model import (
     default_edge_name,
     normalise,
 )
+from .numbers import number_problems
 from .ranges import order_problems
 from .schema import SCHEMA_PATH, prune_unknown_keys, schema, schema_problems
 from .vars import resolve_vars
@@ -119,6 +120,9 @@ def load_spec(
     problems += apply_overrides(doc, overrides, locator)
     if doc.get("plugins") and path is not None and import_plugins and (document is None or gated()):
         problems += load_graph_plugins(doc["plugins"], Path(path).parent, locator)
+    numbers = number_problems(doc, locator)  # NaN passes every schema range: refused first, alone
+    if numbers:
+        raise SpecError(sort_problems(problems + numbers))
     schema_errors = schema_problems(doc, locator)
     problems += schema_errors
     if schema_errors and not prune_unknown_keys(doc):
@@ -126,7 +130,7 @@ def load_spec(
     doc, var_problems = resolve_vars(doc, locator)
     problems += var_problems
     if not var_problems:  # values that came from ${...} have their types checked now
-        typed = schema_problems(doc, locator) + order_problems(doc, locator)
+        typed = number_problems(doc, locator) or schema_problems(doc, locator) + order_problems(doc, locator)
         if typed:
             raise SpecError(sort_problems(problems + typed))
     try:

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..catalog import load_builtins
 from ..errors import Problem, did_you_mean
+from ..params import Param
 from ..registry import DATASETS, LOSSES, NETS, OPS, Entry, RegistryError
 from ..routes import route_problems
 from ..schedule import Schedule
@@ -130,7 +131,27 @@ def _param_problems(
     for key, value in params.items():
         if isinstance(value, dict) and key in allowed:
             problems += _schedule_problems(value, (*path, key), spec)
+    declared = entry.declared()
+    for key, value in params.items():
+        if key in allowed and key in declared:
+            problems += _value_problems(entry, key, declared[key], value, (*path, key), spec)
     return problems
+
+
+def _value_problems(entry: Entry, key: str, param: Param, value: Any, path: Path_, spec: GraphSpec) -> list[Problem]:
+    """`value` fits the parameter's declared type and range (kdgraph.params)."""
+    if isinstance(value, str) and "${" in value:
+        return []  # an unresolved expression: its own problem is reported by the vars phase
+    if param.port and isinstance(value, str) and PORT_RE.match(value):
+        return []  # a learned value (CTKD's temperature) exists at run time; the ops making it bound it
+    why = param.problem(value, schedules=entry.kind == "loss")  # an edge evaluates any schedule per epoch
+    if why is None:
+        return []
+    hint = f"{entry.kind} {entry.name!r} takes {key}: {param.describe()}"
+    sources = [f"vars.{k}" for k, v in (spec.doc.get("vars") or {}).items() if isinstance(value, str) and v == value]
+    if sources and param.type in ("real", "int"):  # a word that came from vars: name where it came from
+        return [spec.problem(path, f"{key} = {value!r} (from {', '.join(sources)}) is not a number", hint)]
+    return [spec.problem(path, why, hint)]
 
 
 def _schedule_problems(value: Any, path: Path_, spec: GraphSpec) -> list[Problem]:
