@@ -336,3 +336,19 @@ def test_a_fifo_in_place_of_a_cifar_batch_is_refused_not_waited_on(tmp_path: Pat
     with pytest.raises(DataError, match="is not a regular file") as err:
         load_dataset(cifar_cfg(tmp_path / "data"), tmp_path)
     assert str(bad) in str(err.value) and time.monotonic() - start < 5
+
+
+def test_mean_and_std_give_one_value_or_one_per_channel() -> None:
+    from kdgraph.data import normalization_of
+
+    ds = load_dataset(
+        merge(
+            DATA_DEFAULTS,
+            {"dataset": "synthetic", "size": 4, "test_size": 4, "image_size": 4, "channels": 3, "classes": 2},
+        ),
+        Path.cwd(),
+    )
+    assert normalization_of(ds, {"mean": [0.5], "std": [0.2]}) == ((0.5,), (0.2,))
+    assert normalization_of(ds, {"mean": None, "std": [0.2, 0.3, 0.4]}) == (ds.mean, (0.2, 0.3, 0.4))
+    with pytest.raises(DataError, match="data.mean has 2 values but the images have 3 channels"):
+        normalization_of(ds, {"mean": [0.5, 0.5], "std": [0.2, 0.2]})
