@@ -32,20 +32,31 @@ import torch
 import torch.nn.functional as F
 
 from .catalog import load_builtins
-from .datasets.base import DataInfo, Dataset, FolderSplit, Split, subset
-from .errors import DataError
+from .datasets.base import DataInfo, Dataset, FolderSplit, Schema, Split, check_split, subset
+from .errors import DataError, first_line
+from .files import IMAGE, open_bounded
 from .output_cache import variant_ids
 from .registry import DATASETS
 
 
 def load_dataset(cfg: dict[str, Any], base_dir: Path, seed: int = 0) -> Dataset:
-    """The dataset a graph file's `data:` section names (a registered dataset), with `subset` applied."""
+    """The dataset a graph file's `data:` section names (a registered dataset), with `subset` applied.
+
+    Whatever the dataset (built-in or a plugin's), its splits are held to the schema its ``info``
+    declares before anything uses them: as many labels as images, integer labels in range, the
+    declared image shape and uint8 pixels.
+    """
     name = cfg["dataset"]
     load_builtins()
     if name not in DATASETS:
         hint = DATASETS.suggest(name)
         raise DataError(f"unknown dataset {name!r}" + (f"; {hint}" if hint else ""))
-    ds = DATASETS.get(name).obj().load(cfg, base_dir, seed)
+    source = DATASETS.get(name).obj()
+    ds = source.load(cfg, base_dir, seed)
+    schema = Schema.of(source.info(cfg, base_dir))
+    fix = f"dataset {name!r} must load what its info() declares"
+    for part, split in (("train", ds.train), ("test", ds.test)):
+        check_split(split, schema, f"dataset {name!r}, {part} split", fix)
     if cfg.get("subset"):
         n = int(cfg["subset"])
         ds.train, ds.test = subset(ds.train, n), subset(ds.test, n)
@@ -234,11 +245,45 @@ class TensorLoader:
 # ----------------------------------------------------------------------------- the torchvision loader
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """An image file that could not be decoded: its one-line message, carried out of the worker as a batch."""
+
+    message: str
+
+
+def _collate(items: list[Any]) -> Any:
+    """The default collation, unless an item is unreadable: then that item stands for the whole batch."""
+    bad = next((item for item in items if isinstance(item, _Unreadable)), None)
+    return bad if bad is not None else torch.utils.data.default_collate(items)
+
+
+def read_image(path: str) -> Any:
+    """An image file as an RGB PIL image, read through the bounded reader; DataError naming the file if it is not one.
+
+    Not an image, a truncated or 0-byte file, a decompression bomb, a pipe named *.jpg: each is one
+    line (the bounded reader opens without blocking, so a FIFO is refused, never waited on).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    fix = "replace or remove the file"
+    with open_bounded(path, IMAGE) as fh:
+        try:
+            with Image.open(fh) as img:
+                return img.convert("RGB")
+        except UnidentifiedImageError:
+            raise DataError(f"{path}: not an image PIL can read; {fix}") from None
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+            raise DataError(f"{path}: a corrupt or truncated image ({first_line(e)}); {fix}") from None
+
+
 class _TransformedImages(torch.utils.data.Dataset):
     """Items (index, seed) -> (normalised image, label, index) through torchvision transforms on PIL images.
 
     The transform's random choices are seeded per item, so a batch does not depend on the number of
     workers, on which worker made it, or on the batches before it (a resumed epoch is identical).
+    An image file that cannot be read becomes an ``_Unreadable`` item, not an exception: raised in a
+    worker, it would reach the user wrapped in that worker's traceback; the loader raises it instead.
     """
 
     def __init__(self, split: Split | FolderSplit, transform: Any):
@@ -251,15 +296,18 @@ class _TransformedImages(torch.utils.data.Dataset):
         from PIL import Image
 
         if isinstance(self.split, FolderSplit):
-            with Image.open(self.split.samples[index][0]) as img:
-                return img.convert("RGB"), self.split.samples[index][1]
+            path, label = self.split.samples[index]
+            return read_image(path), label
         array = self.split.images[index].permute(1, 2, 0).numpy()
         image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
         return image, int(self.split.labels[index])
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
-        image, label = self._image(index)
+        try:
+            image, label = self._image(index)
+        except DataError as e:
+            return _Unreadable(str(e))
         with torch.random.fork_rng(devices=[]):  # workers=0 runs here: leave the training RNG alone
             # the CPU generator only (transforms draw from it): torch.manual_seed also seeds every
             # accelerator, which tripled the per-image cost (447 against 147 us; 166 us like this)
@@ -330,6 +378,7 @@ class TorchvisionLoader:
             num_workers=workers,
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
+            collate_fn=_collate,
         )
 
     def __len__(self) -> int:
@@ -352,7 +401,10 @@ class TorchvisionLoader:
             ]
             for b in range(start, self.num_batches)
         ]
-        for image, label, index in self.data:
+        for batch in self.data:
+            if isinstance(batch, _Unreadable):  # raised here, in the main process: one line, no worker traceback
+                raise DataError(batch.message)
+            image, label, index = batch
             image = image.to(self.device, non_blocking=True).to(self.dtype)
             if self.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
@@ -367,7 +419,14 @@ Loader = TensorLoader | TorchvisionLoader
 def normalization_of(dataset: Dataset, data_cfg: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) of the normalisation: `data.mean` / `data.std` (a recipe's own, e.g. TESKD's CIFAR-10
     statistics on CIFAR-100, ATS-LargeKD's ImageNet ones), else the dataset's."""
-    return tuple(data_cfg.get("mean") or dataset.mean), tuple(data_cfg.get("std") or dataset.std)
+    mean, std = tuple(data_cfg.get("mean") or dataset.mean), tuple(data_cfg.get("std") or dataset.std)
+    for key, values in (("mean", mean), ("std", std)):
+        if len(values) not in (1, dataset.channels):  # one value for every channel, or one per channel
+            raise DataError(
+                f"data.{key} has {len(values)} values but the images have {dataset.channels} channels; "
+                f"give one value, or one per channel"
+            )
+    return mean, std
 
 
 def make_loaders(
@@ -429,8 +488,16 @@ def make_loaders(
     norm32 = Normalizer(mean, std, device, torch.float32, channels_last)
     return (
         TensorLoader(
-            train_split, batch, norm, device, train=True, augment=augment, limit_batches=limit, drop_last=drop_last,
-            views=views, **common,
+            train_split,
+            batch,
+            norm,
+            device,
+            train=True,
+            augment=augment,
+            limit_batches=limit,
+            drop_last=drop_last,
+            views=views,
+            **common,
         ),
         TensorLoader(
             train_split, eval_batch, norm32, device, train=False, augment=False, limit_batches=limit, **common

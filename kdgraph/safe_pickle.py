@@ -6,6 +6,10 @@ The CIFAR "python version" batches are pickled dicts of bytes, ints, lists and n
 can name any importable callable, so an ordinary ``pickle.load`` of a crafted file runs code. This
 unpickler resolves only the few globals that array reconstruction needs (listed in ``ALLOWED``);
 any other global is refused with ``UnsafePickleError`` naming it, before anything is called.
+
+A pickle can also share one object many times (its memo), so a few kilobytes can describe a tree
+of 10^18 paths: the check after loading walks each container once (a visited set), at most
+``MAX_DEPTH`` deep and ``MAX_OBJECTS`` in all, and refuses anything beyond that.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import DataError
+from .files import DATASET, open_bounded
+
+MAX_DEPTH = 32  # a CIFAR batch is 2 deep (dict -> list -> int)
+MAX_OBJECTS = 4_000_000  # values walked; CIFAR-100's train batch holds about 150,000
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -78,27 +88,46 @@ class _DataUnpickler(pickle.Unpickler):
 
 def loads_data(blob: bytes, encoding: str = "bytes") -> Any:
     """Unpickle ``blob`` allowing nothing but numpy arrays and builtin containers and scalars."""
-    obj = _DataUnpickler(io.BytesIO(blob), encoding=encoding).load()
+    try:
+        obj = _DataUnpickler(io.BytesIO(blob), encoding=encoding).load()
+    except (MemoryError, RecursionError):
+        raise UnsafePickleError("it describes more data than the file holds (nested or sized beyond memory)") from None
     _check_arrays(obj)
     return obj
 
 
 def load_data_pickle(path: str | Path, encoding: str = "bytes") -> Any:
     """``loads_data`` of a file (CIFAR batches are pickled with Python 2 byte strings: encoding='bytes')."""
-    return loads_data(Path(path).read_bytes(), encoding)
+    with open_bounded(path, DATASET) as fh:  # a regular file within the bound (a FIFO is refused, not waited on)
+        try:
+            blob = fh.read()
+        except OSError as e:
+            raise DataError(f"{path}: cannot read dataset file: {e.strerror or e}") from None
+    return loads_data(blob, encoding)
 
 
-def _check_arrays(obj: Any, depth: int = 0) -> None:
-    """No array of Python objects survives (its items would be whatever the file says)."""
-    if depth > 32:
-        raise UnsafePickleError("it nests containers deeper than a data file does")
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise UnsafePickleError("it holds an array of Python objects")
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_arrays(k, depth + 1)
-            _check_arrays(v, depth + 1)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for v in obj:
-            _check_arrays(v, depth + 1)
+def _check_arrays(obj: Any) -> None:
+    """No array of Python objects survives (its items would be whatever the file says); the walk is bounded.
+
+    Each container is walked once however often the pickle shares it, iteratively (no recursion
+    limit to hit), at most MAX_DEPTH deep and MAX_OBJECTS values in all.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    count = 1
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, np.ndarray):
+            if item.dtype.hasobject:
+                raise UnsafePickleError("it holds an array of Python objects")
+            continue
+        if not isinstance(item, (dict, list, tuple, set, frozenset)) or id(item) in seen:
+            continue
+        if depth >= MAX_DEPTH:
+            raise UnsafePickleError("it nests containers deeper than a data file does")
+        seen.add(id(item))
+        count += 2 * len(item) if isinstance(item, dict) else len(item)
+        if count > MAX_OBJECTS:  # counted before they are listed: a huge container costs nothing to refuse
+            raise UnsafePickleError(f"it holds more than {MAX_OBJECTS:,} values, more than a data file does")
+        children = [x for kv in item.items() for x in kv] if isinstance(item, dict) else list(item)
+        stack.extend((child, depth + 1) for child in children)

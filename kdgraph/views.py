@@ -16,6 +16,7 @@ export) feeds every view the plain test image.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,67 @@ AUGMENT_DOCS = {
 }
 RESERVED = ("image", "label", "index")  # the default ports: not view names
 POLICIES = ("cifar10", "imagenet", "svhn")
+MAX_VIEWS, MAX_STEPS = 16, 32  # every step runs on every image of every batch: bounded work
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_in(low: int, high: int, auto: bool = False) -> Callable[[Any], str | None]:
+    """An integer in [low, high] (None too when `auto`: chosen from the image size)."""
+
+    def check(value: Any) -> str | None:
+        if auto and value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return None
+        return f"an integer in [{low}, {high}]" + (" (or null: from the image size)" if auto else "")
+
+    return check
+
+
+def _real_in(low: float, high: float) -> Callable[[Any], str | None]:
+    return lambda value: None if _number(value) and low <= value <= high else f"a number in [{low}, {high}]"
+
+
+def _jitter(low: float, high: float, centre: float) -> Callable[[Any], str | None]:
+    """torchvision ColorJitter's factor: v in [0, high] (the range centre +- v), or a pair [lo, hi] within bounds."""
+
+    def check(value: Any) -> str | None:
+        if _number(value) and 0 <= value <= high:
+            return None
+        if isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value):
+            if low <= value[0] <= value[1] <= centre + high:
+                return None
+        return f"a number in [0, {high}] or a pair [lo, hi] with {low} <= lo <= hi <= {centre + high}"
+
+    return check
+
+
+def _fill(value: Any) -> str | None:
+    return None if value == "mean" or _int_in(0, 255)(value) is None else "mean, or an integer in [0, 255]"
+
+
+def _policy(value: Any) -> str | None:
+    return None if value in POLICIES else "one of the policies: " + ", ".join(POLICIES)
+
+
+# step -> parameter -> what a value must be (None when it is one, else the requirement)
+PARAMETER_CHECKS: dict[str, dict[str, Callable[[Any], str | None]]] = {
+    "crop": {"pad": _int_in(0, 512, auto=True)},
+    "flip": {"p": _real_in(0.0, 1.0)},
+    "cutout": {"size": _int_in(1, 1024, auto=True), "fill": _fill},
+    "autoaugment": {"policy": _policy},
+    "randaugment": {"num_ops": _int_in(0, 16), "magnitude": _int_in(0, 30)},  # torchvision's 31 magnitude bins
+    "trivialaugment": {},
+    "colorjitter": {
+        "brightness": _jitter(0.0, 10.0, 1.0),
+        "contrast": _jitter(0.0, 10.0, 1.0),
+        "saturation": _jitter(0.0, 10.0, 1.0),
+        "hue": _jitter(-0.5, 0.5, 0.0),
+    },
+}
 
 
 def view_names(data: dict[str, Any]) -> list[str]:
@@ -114,8 +176,15 @@ def view_problems(data: dict[str, Any], problem: Callable[..., Problem]) -> list
     if not isinstance(views, dict):
         return [problem(("data", "views"), "views maps a view name to {augment: [...]}")]
     if views and (data.get("loader") == "torchvision" or data.get("dataset") == "imagefolder"):
-        found.append(problem(("data", "views"), "views need the tensor loaders (imagefolder streams through "
-                             "torchvision)", "set data.loader: host or device, on an in-memory dataset"))
+        found.append(
+            problem(
+                ("data", "views"),
+                "views need the tensor loaders (imagefolder streams through torchvision)",
+                "set data.loader: host or device, on an in-memory dataset",
+            )
+        )
+    if len(views) > MAX_VIEWS:
+        found.append(problem(("data", "views"), f"{len(views)} views; at most {MAX_VIEWS}", "drop views no node reads"))
     for vname, view in views.items():
         path = ("data", "views", vname)
         if vname in RESERVED:
@@ -123,7 +192,14 @@ def view_problems(data: dict[str, Any], problem: Callable[..., Problem]) -> list
         if not isinstance(view, dict):
             found.append(problem(path, "a view is {augment: [steps]}"))
             continue
-        for i, step in enumerate(view.get("augment") or []):
+        steps = view.get("augment") or []
+        if not isinstance(steps, list):
+            found.append(problem((*path, "augment"), "augment lists the steps", "e.g. augment: [crop, flip]"))
+            continue
+        if len(steps) > MAX_STEPS:
+            found.append(problem((*path, "augment"), f"{len(steps)} steps; at most {MAX_STEPS}"))
+            continue
+        for i, step in enumerate(steps):
             where = (*path, "augment", i)
             if isinstance(step, dict) and len(step) == 1:
                 name, params = next(iter(step.items()))
@@ -134,8 +210,11 @@ def view_problems(data: dict[str, Any], problem: Callable[..., Problem]) -> list
                 continue
             if name not in AUGMENTS:
                 found.append(
-                    problem(where, f"unknown augmentation {name!r}", did_you_mean(name, list(AUGMENTS)) or
-                            "augmentations: " + ", ".join(AUGMENTS))
+                    problem(
+                        where,
+                        f"unknown augmentation {name!r}",
+                        did_you_mean(name, list(AUGMENTS)) or "augmentations: " + ", ".join(AUGMENTS),
+                    )
                 )
                 continue
             if not isinstance(params, dict):
@@ -145,12 +224,49 @@ def view_problems(data: dict[str, Any], problem: Callable[..., Problem]) -> list
                 if key not in AUGMENTS[name]:
                     known = ", ".join(AUGMENTS[name]) or "none"
                     found.append(
-                        problem((*where, name, key), f"augmentation {name!r} has no parameter {key!r}",
-                                did_you_mean(key, list(AUGMENTS[name])) or f"its parameters: {known}")
+                        problem(
+                            (*where, name, key),
+                            f"augmentation {name!r} has no parameter {key!r}",
+                            did_you_mean(key, list(AUGMENTS[name])) or f"its parameters: {known}",
+                        )
                     )
-                elif key == "policy" and value not in POLICIES:
-                    found.append(problem((*where, name, key), f"unknown policy {value!r}",
-                                         "policies: " + ", ".join(POLICIES)))
+                elif (need := PARAMETER_CHECKS[name][key](value)) is not None:
+                    default = AUGMENTS[name][key]
+                    found.append(
+                        problem(
+                            (*where, name, key),
+                            f"{name} {key}: {value!r} is not {need}",
+                            f"the default is {'chosen from the image size' if default is None else default}",
+                        )
+                    )
+    return found
+
+
+def normalisation_problems(data: dict[str, Any], problem: Callable[..., Problem]) -> list[Problem]:
+    """`data.mean` and `data.std`: finite, std > 0 (it divides), one value each per channel (same lengths)."""
+    found = []
+    for key in ("mean", "std"):
+        values = data.get(key)
+        if not isinstance(values, list):
+            continue
+        for i, v in enumerate(values):
+            if not _number(v):
+                found.append(problem(("data", key, i), f"{key} holds {v!r}, not a finite number"))
+            elif key == "std" and v <= 0:
+                found.append(
+                    problem(
+                        ("data", key, i),
+                        f"std {v!r} divides the pixels: it must be > 0",
+                        "a channel's standard deviation, e.g. 0.25",
+                    )
+                )
+    mean, std = data.get("mean"), data.get("std")
+    if isinstance(mean, list) and isinstance(std, list) and len(mean) != len(std):
+        found.append(
+            problem(
+                ("data", "std"), f"{len(std)} std values for {len(mean)} means", "give one mean and one std per channel"
+            )
+        )
     return found
 
 

@@ -12,7 +12,7 @@ import torch
 from ..errors import DataError, first_line
 from ..registry import register_dataset
 from ..safe_pickle import UnsafePickleError, load_data_pickle
-from .base import DataInfo, Dataset, DatasetSource, Split, data_root
+from .base import DataInfo, Dataset, DatasetSource, Schema, Split, check_arrays, data_root
 
 CIFAR_MEAN = {"cifar100": (0.5071, 0.4867, 0.4408), "cifar10": (0.4914, 0.4822, 0.4465)}
 
@@ -43,22 +43,31 @@ def _cifar(name: str, root: Path, download: bool) -> Dataset:
                 f"{folder}/ there, or set data.root (or $KDGRAPH_DATA) to its parent folder"
             ) from None
 
-    def read(files: list[str]) -> Split:
-        images, labels = [], []
-        for f in files:
-            try:
-                entry = load_data_pickle(where / f)  # data, never code: numpy arrays and lists only
-                images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                labels.extend(entry[label_key])
-            except UnsafePickleError as e:
-                raise DataError(f"{where / f} is refused: {e}; replace it with the original {name} file") from None
-            except (OSError, KeyError, ValueError, TypeError, IndexError, pickle.UnpicklingError, EOFError) as e:
-                raise DataError(
-                    f"{where / f} is not a readable {name} file ({first_line(e)}); delete it to download again"
-                ) from None
-        return Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
-
     classes = 100 if name == "cifar100" else 10
+    row = Schema((3 * 32 * 32,), classes)  # a batch file: N rows of 3072 uint8 (R, G, B planes) and N labels
+    fix = f"replace it with the original {name} file (or delete it and set data.download: true)"
+
+    def read_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            entry = load_data_pickle(path)  # data, never code: numpy arrays and lists only
+        except UnsafePickleError as e:
+            raise DataError(f"{path} is refused: {e}; replace it with the original {name} file") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, MemoryError) as e:
+            raise DataError(f"{path} is not a readable {name} file ({first_line(e)}); {fix}") from None
+        if not isinstance(entry, dict):
+            raise DataError(f"{path} holds a {type(entry).__name__}, not a {name} batch (a dict); {fix}")
+        for key in (b"data", label_key):
+            if key not in entry:
+                raise DataError(f"{path} has no key {key!r}, which a {name} batch holds; {fix}")
+        return check_arrays(
+            entry[b"data"], entry[label_key], row, str(path), fix, (f"key {b'data'!r}", f"key {label_key!r}")
+        )
+
+    def read(files: list[str]) -> Split:
+        parts = [read_file(where / f) for f in files]
+        images = np.concatenate([im for im, _ in parts]).reshape(-1, 3, 32, 32)
+        return Split(torch.from_numpy(images), torch.from_numpy(np.concatenate([lab for _, lab in parts])))
+
     return Dataset(name, read(train_files), read(test_files), classes, CIFAR_MEAN[name], CIFAR_STD[name])
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..catalog import gated, load_graph_plugins
 from ..errors import Problem, SpecError, dedupe, error_of, sort_problems
-from ..views import view_problems
+from ..views import normalisation_problems, view_problems
 from .checks import registry_problems
 from .compose import resolve_extends
 from .dataflow import cycle_problems
@@ -135,7 +135,7 @@ def load_spec(
             raise SpecError(sort_problems(problems + typed))
     try:
         spec = normalise(doc, Path(path) if path else None, locator, overrides, problems)
-        problems += view_problems(spec.data, spec.problem)
+        problems += view_problems(spec.data, spec.problem) + normalisation_problems(spec.data, spec.problem)
         if check_registry:
             problems += registry_problems(spec)
             problems += from_cycle_problems(spec, lambda p: load_document(p, [], Locator(default_file=str(p))))
