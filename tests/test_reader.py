@@ -69,10 +69,6 @@ ALLOWED = {
 # data.py, datasets/*, safe_pickle.py; `stores`: output_cache.py, train/cache.py, train/fixed_weights.py,
 # deps.py). The coordinator empties this list after merging them.
 TEMPORARY = {
-    ("kdgraph/data.py", "*", "Image.open"): "imagefolder images (helper `datasets`)",
-    ("kdgraph/safe_pickle.py", "*", ".read_bytes"): "CIFAR batches (helper `datasets`)",
-    ("kdgraph/safe_pickle.py", "*", "pickle.load"): "CIFAR batches (helper `datasets`)",
-    ("kdgraph/datasets/*", "*", "*"): "dataset files (helper `datasets`)",
     ("kdgraph/train/fixed_weights.py", "*", ".read_bytes"): "fixed weights of a checkpoint (helper `stores`)",
     ("kdgraph/output_cache.py", "*", "*"): "train.cache's stores (helper `stores`)",
     ("kdgraph/train/cache.py", "*", "*"): "train.cache's stores (helper `stores`)",
