@@ -279,3 +279,15 @@ def test_a_full_disk_during_a_training_runs_store_is_one_clear_error(tmp_path: P
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no space left on the device" in err, err
     monkeypatch.setattr(os, "posix_fallocate", real)  # space again: the store that was cut short is consistent
     _close(_train(tmp_path, "plain", *fixed), _train(tmp_path, "cached", *fixed, "train.cache=file"))
+
+
+def test_a_damaged_fixed_weights_file_of_the_same_name_is_written_again(tmp_path: Path) -> None:
+    from kdgraph.train.fixed_weights import FixedWeights, merged
+
+    fixed, state = FixedWeights(), {"nodes.t.w": torch.arange(4.0)}
+    ref = fixed.write(tmp_path, state, new=True)
+    path = tmp_path / ref["file"]
+    path.write_bytes(path.read_bytes()[:-7])  # cut short (a crash, a full disk, a bad copy)
+    again = FixedWeights().write(tmp_path, state, new=True)  # the next run's first save names the same file
+    assert again == ref
+    assert torch.equal(merged(tmp_path, {"fixed": again, "graph": {}})["nodes.t.w"], state["nodes.t.w"])
