@@ -291,3 +291,18 @@ def test_a_damaged_fixed_weights_file_of_the_same_name_is_written_again(tmp_path
     again = FixedWeights().write(tmp_path, state, new=True)  # the next run's first save names the same file
     assert again == ref
     assert torch.equal(merged(tmp_path, {"fixed": again, "graph": {}})["nodes.t.w"], state["nodes.t.w"])
+
+
+def test_the_dataset_fingerprint_sees_every_file_and_setting(tmp_path: Path) -> None:
+    from kdgraph.fingerprint import dataset_fingerprint
+
+    write_fake_cifar100(tmp_path / "data", n_train=8, n_test=4)
+    cfg = {"dataset": "cifar100", "root": "data", "batch_size": 8}
+    first = dataset_fingerprint(cfg, tmp_path)
+    assert dataset_fingerprint({**cfg, "batch_size": 64, "workers": 4}, tmp_path) == first  # not the samples
+    assert dataset_fingerprint({**cfg, "subset": 4}, tmp_path) != first
+    meta = tmp_path / "data" / "cifar-100-python" / "meta"
+    os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 1))  # one file, one nanosecond
+    assert dataset_fingerprint(cfg, tmp_path) != first
+    shutil.copytree(tmp_path / "data", tmp_path / "copy", copy_function=shutil.copy2)  # same bytes and mtimes
+    assert dataset_fingerprint({**cfg, "root": "copy"}, tmp_path) != dataset_fingerprint(cfg, tmp_path)
