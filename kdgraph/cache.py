@@ -5,7 +5,8 @@
     ~/.cache/kdgraph                 else
 
 One folder for every working directory, so a teacher trained once is reused from anywhere. Inside:
-``<graph name>-<spec hash>/`` per trained dependency (a run directory: run.json, final.pt, ...) and
+``<graph name>-<key>/`` per trained dependency (a run directory: run.json, final.pt, ..., and entry.json,
+final.pt's SHA-256; the key: kdgraph/deps.py:entry_key) and
 ``meta/`` (the torchvision model catalogue, parameter counts) and ``outputs/<key>/`` (train.cache's stores
 of frozen teachers' outputs, each with its ``cache.json``). ``kdgraph cache list`` shows them;
 ``kdgraph cache clear`` removes only what their manifests list (kdgraph/manifest.py), each file only when

@@ -41,9 +41,9 @@ def digest(value: Any) -> str:
 
 
 def file_identity(path: Path) -> list[Any] | None:
-    """(size, mtime_ns, inode) of a regular file, without following a final symlink; None when absent."""
+    """(size, mtime_ns, inode) of a file (a symlink: of its target, what is read); None when absent."""
     try:
-        st = os.stat(path, follow_symlinks=False)
+        st = os.stat(path)
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ino]

@@ -30,9 +30,13 @@ A file store is used only as verified (a stored result is data someone else may 
   rows it has not verified yet, vectorised over the rows, and reports the failed ones missing, so they are
   recomputed. A gather (``get``) of rows no check has passed is refused with one line. After that the hot
   path reads rows as before: the check costs one pass over the rows a process uses, not one per step.
-* Rows are written with ordinary ``pwrite`` calls, not through the memory map (a full disk there would
-  end the process with SIGBUS): a full disk is one clear error, and a row is marked filled only after its
-  bytes and digest are in place. The small digest and flag files are preallocated (``posix_fallocate``).
+* Every file is allocated on disk (``posix_fallocate``) when the store is created or repaired, before it
+  is memory-mapped: writing a row through the map can then never meet a full disk (which ends a process
+  with SIGBUS); a disk too small for the store is one clear error when it is opened, before any training,
+  and the store stays unfinished (cache.json is written last), so the next run starts it again. A row is
+  marked filled only after its bytes and digest are in place. (Copy-on-write filesystems, ZFS and btrfs,
+  allocate again on every write; there a full disk can still end the process.) Preallocation gives up
+  sparse files, which saved little: the variants a run draws touch nearly every page of a store.
 
 Not a defence against someone who rewrites a store with consistent digests on purpose (anyone who can
 write the cache can do that with any unkeyed hash); it catches damage, truncation, swaps and mix-ups.
@@ -148,11 +152,15 @@ class OutputCache:
     def missing(self, keys: torch.Tensor) -> torch.Tensor:
         """Positions in `keys` whose values are not stored yet (or failed their check: recomputed)."""
         k = keys.to(self.filled.device)
+        if self.verified is None:
+            return (~self.filled[k]).nonzero().flatten().to(keys.device)
+        checked = self.verified[k]
+        if bool(checked.all()):  # the usual answer once a process has read its rows: nothing
+            return torch.empty(0, dtype=torch.long, device=keys.device)
         filled = self.filled[k]
-        if self.verified is not None:
-            unchecked = (filled & ~self.verified[k]).nonzero().flatten()
-            if len(unchecked):
-                filled[unchecked[~self._verify(k[unchecked])]] = False
+        unchecked = (filled & ~checked).nonzero().flatten()
+        if len(unchecked):
+            filled[unchecked[~self._verify(k[unchecked])]] = False
         return (~filled).nonzero().flatten().to(keys.device)
 
     def complete(self) -> bool:
@@ -177,9 +185,11 @@ class OutputCache:
                 v[keys] = outputs[p].detach().to(v.device, v.dtype)
             self.filled[keys] = True  # after the values: a reader that sees the flag sees the values
             return
-        rows = {p: outputs[p].detach().to("cpu", lay.dtype).contiguous() for p, lay in self.ports.items()}
-        digests = row_digests(keys, rows, self._store.salt)
-        self._store.write_rows(keys, rows)  # a full disk raises here: nothing of these rows is marked
+        made = {p: outputs[p].detach().to(dtype=lay.dtype) for p, lay in self.ports.items()}
+        digests = row_digests(keys, made, self._store.salt).cpu()  # where the rows were made (a GPU: cheap)
+        rows = {p: t.to("cpu") for p, t in made.items()}
+        for p, v in self.values.items():
+            v[keys] = rows[p]  # into allocated blocks (no SIGBUS on a full disk)
         self.digests[keys] = digests
         self.filled[keys] = True  # after the bytes and the digest
         self.verified[keys] = True
@@ -237,7 +247,7 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
-_multipliers: dict[tuple[int, int], torch.Tensor] = {}
+_multipliers: dict[tuple[int, int, str], torch.Tensor] = {}
 
 
 def _words(t: torch.Tensor) -> torch.Tensor:
@@ -249,16 +259,20 @@ def _words(t: torch.Tensor) -> torch.Tensor:
 
 
 def row_digests(keys: torch.Tensor, rows: dict[str, torch.Tensor], salt: int) -> torch.Tensor:
-    """Each row's digest (int64): its words over the ports in name order, its key and the store's salt."""
-    h = _mix(keys.to(torch.int64) ^ salt)
+    """Each row's digest (int64, on the rows' device): its words over the ports in name order, its key and
+    the store's salt. Integer arithmetic wraps alike on every device, so a digest computed on a GPU where
+    the rows were made equals one computed from the file."""
+    device = next(iter(rows.values())).device if rows else keys.device
+    h = _mix(keys.to(device, torch.int64) ^ salt)
     for i, port in enumerate(sorted(rows)):
         words = _words(rows[port])
         if not words.shape[1]:
             continue
-        m = _multipliers.get((i, words.shape[1]))
+        place = (i, words.shape[1], str(device))
+        m = _multipliers.get(place)
         if m is None:  # odd multipliers from the port's place and the word's position
             m = _mix(torch.arange(words.shape[1], dtype=torch.int64) + (i << 40)) | 1
-            _multipliers[(i, words.shape[1])] = m
+            _multipliers[place] = m = m.to(device)
         h = _mix(h + (words * m).sum(1))
     return h
 
@@ -269,7 +283,7 @@ FORMAT = 2  # cache.json's format: 2 adds the key and digests.bin
 
 
 class _FileStore:
-    """A store's files opened and checked against its key and layout, mapped into memory; rows written."""
+    """A store's files opened, checked against its key and layout, allocated on disk and mapped into memory."""
 
     def __init__(self, folder: Path, key: str, ports: dict[str, PortLayout], samples: int, variants: int):
         self.folder, self.key, self.ports = folder, key, ports
@@ -290,36 +304,42 @@ class _FileStore:
             fresh = not (folder / "cache.json").exists()
             if not fresh:
                 self._check_meta(read_json(folder / "cache.json", CACHE_META, within=folder), meta)
-            self.fds = {p: _open_rw(folder / f"{_file(p)}.bin", self.files) for p in ports}
-            reset = fresh
-            for p, lay in ports.items():
-                have = os.fstat(self.fds[p]).st_size
-                if have != size * lay.nbytes:
-                    if not fresh:
-                        self.repaired.append(
-                            f"{_file(p)}.bin has {have:,} bytes, not the layout's {size * lay.nbytes:,}"
-                        )
-                    reset = True
-                    _resize(self.fds[p], folder, size * lay.nbytes, preallocate=False, zero=True)
-            small = {"digests": (size, torch.int64), "filled": (size, torch.bool)}
-            mapped = {}
-            for name, (count, dtype) in small.items():
-                fd = _open_rw(folder / f"{name}.bin", self.files)
-                try:
-                    have = os.fstat(fd).st_size
-                    if have != count * dtype.itemsize:
+            fds: dict[str, int] = {}
+            try:  # the descriptors are closed once mapped (the maps hold the files)
+                for p in ports:
+                    fds[p] = _open_rw(folder / f"{_file(p)}.bin", self.files)
+                reset = self._values_sized(fds, size, fresh)
+                for name, dtype in (("digests", torch.int64), ("filled", torch.bool)):
+                    fds[name] = _open_rw(folder / f"{name}.bin", self.files)
+                    have = os.fstat(fds[name]).st_size
+                    if have != size * dtype.itemsize:
                         if not fresh:
-                            self.repaired.append(f"{name}.bin has {have:,} bytes, not {count * dtype.itemsize:,}")
+                            self.repaired.append(f"{name}.bin has {have:,} bytes, not {size * dtype.itemsize:,}")
                         reset = True
-                    if reset:
-                        _resize(fd, folder, count * dtype.itemsize, preallocate=True, zero=True)
-                    mapped[name] = self._map(fd, (count,), dtype)
-                finally:
+                    if reset:  # every row missing: computed again
+                        _resize(fds[name], folder, size * dtype.itemsize, preallocate=True, zero=True)
+                self.digests = self._map(fds["digests"], (size,), torch.int64)
+                self.filled = self._map(fds["filled"], (size,), torch.bool)
+                self.values = {p: self._map(fds[p], (size, *lay.shape), lay.dtype) for p, lay in ports.items()}
+            finally:
+                for fd in fds.values():
                     os.close(fd)
-            self.digests, self.filled = mapped["digests"], mapped["filled"]
-            self.values = {p: self._map(self.fds[p], (size, *lay.shape), lay.dtype) for p, lay in ports.items()}
             if fresh:  # last: a store without cache.json is started again
                 _write_meta(folder, meta, self.files)
+
+    def _values_sized(self, fds: dict[str, int], size: int, fresh: bool) -> bool:
+        """Each values file at its layout's size and allocated; True when one was not (its rows are lost)."""
+        reset = fresh
+        for p, lay in self.ports.items():
+            have, want = os.fstat(fds[p]).st_size, size * lay.nbytes
+            if have != want:
+                if not fresh:
+                    self.repaired.append(f"{_file(p)}.bin has {have:,} bytes, not the layout's {want:,}")
+                reset = True
+                _resize(fds[p], self.folder, want, preallocate=True, zero=True)
+            else:
+                _allocated(fds[p], self.folder, want)
+        return reset
 
     def _check_meta(self, found: Any, meta: dict[str, Any]) -> None:
         where = self.folder / "cache.json"
@@ -346,25 +366,6 @@ class _FileStore:
         mm = mmap.mmap(fd, count * dtype.itemsize)
         self._maps.append(mm)
         return torch.frombuffer(mm, dtype=dtype, count=count).view(shape)
-
-    def write_rows(self, keys: torch.Tensor, rows: dict[str, torch.Tensor]) -> None:
-        """Each port's rows at their keys with ordinary writes, runs of consecutive keys in one call each."""
-        order = torch.argsort(keys)
-        sorted_keys = keys[order].tolist()
-        runs, start = [], 0
-        for i in range(1, len(sorted_keys) + 1):
-            if i == len(sorted_keys) or sorted_keys[i] != sorted_keys[i - 1] + 1:
-                runs.append((start, i))
-                start = i
-        for p, lay in self.ports.items():
-            if not lay.nbytes:
-                continue
-            data = rows[p][order].reshape(len(order), -1).view(torch.uint8).numpy()
-            for a, b in runs:
-                try:
-                    _pwrite_all(self.fds[p], memoryview(data[a:b]).cast("B"), sorted_keys[a] * lay.nbytes)
-                except OSError as e:
-                    raise _write_error(self.folder, e) from None
 
 
 def _write_error(folder: Path, e: OSError) -> DataError:
@@ -420,6 +421,17 @@ def _resize(fd: int, folder: Path, nbytes: int, preallocate: bool, zero: bool) -
             _fallocate(fd, nbytes)
     except OSError as e:
         raise _write_error(folder, e) from None
+
+
+def _allocated(fd: int, folder: Path, nbytes: int) -> None:
+    """An existing store file's blocks allocated (a copy may be sparse); its bytes are kept."""
+    if os.fstat(fd).st_blocks * 512 >= nbytes or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            raise _write_error(folder, e) from None
 
 
 def _fallocate(fd: int, nbytes: int) -> None:

@@ -82,20 +82,19 @@ def test_a_gather_of_unchecked_rows_is_refused(tmp_path: Path) -> None:
         _store(tmp_path / "s").get(torch.tensor([1]), "cpu")
 
 
-def test_a_full_disk_while_storing_is_one_error_and_marks_nothing(tmp_path: Path, monkeypatch) -> None:
-    cache = _store(tmp_path / "s")
+def _full(*_args):
+    raise OSError(errno.ENOSPC, "No space left on device")
 
-    def full(*_args):
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "pwrite", full)
+def test_a_full_disk_when_a_store_is_allocated_is_one_error_and_no_store(tmp_path: Path, monkeypatch) -> None:
+    real = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", _full)
     with pytest.raises(DataError, match="no space left on the device of .* while storing teacher outputs"):
-        cache.put(torch.tensor([1, 2]), {"t.logits": torch.ones(2, 3), "t.feat": torch.ones(2, 2)})
-    assert not cache.filled.any()
-    monkeypatch.setattr(os, "posix_fallocate", full)
-    with pytest.raises(DataError, match="no space left"):
-        _store(tmp_path / "t")  # a new store's flag files are allocated before they are mapped
-    assert not (tmp_path / "t" / "cache.json").exists()  # not a store: the next run starts it again
+        _store(tmp_path / "s")  # every file is allocated before it is mapped: no SIGBUS in a write later
+    assert not (tmp_path / "s" / "cache.json").exists()  # not a store: the next run starts it again
+    monkeypatch.setattr(os, "posix_fallocate", real)
+    cache = _filled(tmp_path / "s")
+    assert cache.complete() and all(os.stat(f).st_blocks * 512 >= os.stat(f).st_size for f in cache.folder.iterdir())
 
 
 # ----------------------------------------------------------------------------- in training runs
@@ -271,15 +270,39 @@ def test_a_swapped_final_pt_of_a_dependency_is_not_loaded(tmp_path: Path, monkey
 def test_a_full_disk_during_a_training_runs_store_is_one_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
     from kdgraph.cli import main
 
-    def full(*_args):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     fixed = ("train.epochs=1", "data.augment=false")
     (tmp_path / "kd.yaml").write_text(KD_CNN)
-    real = os.pwrite
-    monkeypatch.setattr(os, "pwrite", full)
+    real = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", _full)
     code = main(["run", str(tmp_path / "kd.yaml"), *fixed, "train.cache=file", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no space left on the device" in err, err
-    monkeypatch.setattr(os, "pwrite", real)  # space again: the store that was cut short is consistent
+    monkeypatch.setattr(os, "posix_fallocate", real)  # space again: the store that was cut short is consistent
     _close(_train(tmp_path, "plain", *fixed), _train(tmp_path, "cached", *fixed, "train.cache=file"))
+
+
+def test_a_damaged_fixed_weights_file_of_the_same_name_is_written_again(tmp_path: Path) -> None:
+    from kdgraph.train.fixed_weights import FixedWeights, merged
+
+    fixed, state = FixedWeights(), {"nodes.t.w": torch.arange(4.0)}
+    ref = fixed.write(tmp_path, state, new=True)
+    path = tmp_path / ref["file"]
+    path.write_bytes(path.read_bytes()[:-7])  # cut short (a crash, a full disk, a bad copy)
+    again = FixedWeights().write(tmp_path, state, new=True)  # the next run's first save names the same file
+    assert again == ref
+    assert torch.equal(merged(tmp_path, {"fixed": again, "graph": {}})["nodes.t.w"], state["nodes.t.w"])
+
+
+def test_the_dataset_fingerprint_sees_every_file_and_setting(tmp_path: Path) -> None:
+    from kdgraph.fingerprint import dataset_fingerprint
+
+    write_fake_cifar100(tmp_path / "data", n_train=8, n_test=4)
+    cfg = {"dataset": "cifar100", "root": "data", "batch_size": 8}
+    first = dataset_fingerprint(cfg, tmp_path)
+    assert dataset_fingerprint({**cfg, "batch_size": 64, "workers": 4}, tmp_path) == first  # not the samples
+    assert dataset_fingerprint({**cfg, "subset": 4}, tmp_path) != first
+    meta = tmp_path / "data" / "cifar-100-python" / "meta"
+    os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 1))  # one file, one nanosecond
+    assert dataset_fingerprint(cfg, tmp_path) != first
+    shutil.copytree(tmp_path / "data", tmp_path / "copy", copy_function=shutil.copy2)  # same bytes and mtimes
+    assert dataset_fingerprint({**cfg, "root": "copy"}, tmp_path) != dataset_fingerprint(cfg, tmp_path)

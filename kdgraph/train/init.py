@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -165,9 +164,8 @@ def record_entry(folder: Path, key: str) -> None:
     """Write `folder`'s entry.json: its key and the SHA-256 and size of the final.pt just trained there."""
     blob = read_bytes(folder / "final.pt", CHECKPOINT, within=folder)
     record = {"format": 1, "key": key, "final": {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}}
-    tmp = folder / f".{ENTRY}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, folder / ENTRY)
+    # atomic and recorded in the entry's manifest: `kdgraph cache clear` removes it with the entry
+    Manifest(folder).write_atomic(folder / ENTRY, (json.dumps(record, indent=1) + "\n").encode())
 
 
 def verified_final(folder: Path, key: str) -> dict[str, Any]:
