@@ -17,18 +17,23 @@ The rules, the same at every level:
   graphs, ``data.root``) are rewritten relative to the child, so they keep naming the same files.
 
 Every merged entry keeps the (file, line) it was written at, so problems point into the parent.
+
+The work is bounded: each file is read and resolved once per resolution (a diamond of 48 files costs
+48 files, not 2**24 paths), the chain is at most MAX_EXTENDS_DEPTH files deep, at most MAX_EXTENDS_FILES
+files take part, and their values together count toward yaml12.MAX_VALUES as one document's would.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..catalog import is_file_plugin
-from ..errors import Problem, did_you_mean
+from ..errors import Problem, SpecError, did_you_mean
+from ..yaml12 import MAX_VALUES
 from .document import Locator, Path_, format_path, read_yaml
 from .model import default_edge_name
 from .schema import schema
@@ -38,6 +43,8 @@ COSMETIC = ("title", "cite", "notes")
 REMOVE = "~"
 
 Origins = dict[Path_, tuple[str, "int | None"]]
+MAX_EXTENDS_DEPTH = 64  # files in one chain of extends (a child, its parent, the parent's parent...)
+MAX_EXTENDS_FILES = 256  # distinct files in one resolution
 
 
 @dataclass
@@ -63,7 +70,8 @@ Items = dict[tuple, Item]  # key -> item, in document order; keys: ("nodes", nam
 def resolve_extends(doc: dict, path: Path, locator: Locator, problems: list[Problem]) -> dict:
     """The child ``doc`` (read from ``path``) merged over its parents; ``locator`` is remapped to the merged doc."""
     path = Path(path)
-    items = _resolve(doc, path, locator, problems, chain=((path.resolve(), str(path)),))
+    budget = _Budget(values=len(locator.origins))
+    items = _resolve(doc, path, locator, problems, ((path.resolve(), str(path)),), budget)
     merged, origins = _assemble(items, path.parent, locator)
     locator.origins.clear()
     locator.origins.update(origins)
@@ -73,10 +81,39 @@ def resolve_extends(doc: dict, path: Path, locator: Locator, problems: list[Prob
 # ----------------------------------------------------------------------------- resolving one file
 
 
+@dataclass
+class _Budget:
+    """What one resolution has spent: each parent's items once (memo), files read, values seen."""
+
+    values: int
+    memo: dict[Path, Items] = field(default_factory=dict)
+
+    def spend(self, where: Locator, at: Path_, values: int) -> None:
+        """Count a parent file read; one clear error once the files or their values exceed the bounds."""
+        self.values += values
+        if len(self.memo) >= MAX_EXTENDS_FILES:
+            raise SpecError(
+                where.problem(
+                    at, f"extends reaches more than {MAX_EXTENDS_FILES} graph files", "merge some parents into one file"
+                )
+            )
+        if self.values > MAX_VALUES:
+            raise SpecError(
+                where.problem(
+                    at, f"the extends chain expands to more than {MAX_VALUES:,} values", "extend fewer or smaller files"
+                )
+            )
+
+
 def _resolve(
-    doc: dict, path: Path, where: Locator, problems: list[Problem], chain: tuple[tuple[Path, str], ...]
+    doc: dict,
+    path: Path,
+    where: Locator,
+    problems: list[Problem],
+    chain: tuple[tuple[Path, str], ...],
+    budget: _Budget,
 ) -> Items:
-    """This file's items over the combination of its parents' (each resolved the same way)."""
+    """This file's items over the combination of its parents' (each resolved once, then reused)."""
     layers: list[Items] = []
     for ext_path, parent in _parent_paths(doc, path, where, problems):
         real = parent.resolve()
@@ -87,6 +124,15 @@ def _resolve(
                 where.problem(ext_path, f"extends cycle: {cycle}", "a graph cannot extend itself, even through parents")
             )
             continue
+        if real in budget.memo:  # a diamond: this parent was resolved through another path already
+            layers.append(budget.memo[real])
+            continue
+        if len(chain) >= MAX_EXTENDS_DEPTH:
+            raise SpecError(
+                where.problem(
+                    ext_path, f"extends chain deeper than {MAX_EXTENDS_DEPTH} files", "extend a flatter set of files"
+                )
+            )
         if not parent.is_file():
             what = "is a directory" if parent.is_dir() else ("is not a regular file" if parent.exists() else "")
             problems.append(where.problem(ext_path, f"parent graph {str(parent)!r} {what or 'does not exist'}"))
@@ -94,6 +140,8 @@ def _resolve(
         parent_where = Locator(default_file=str(parent))
         found: list[Problem] = []
         parent_doc = read_yaml(parent, parent_where, found)
+        budget.memo[real] = {}  # read: counted, and not read again even where it is no graph
+        budget.spend(where, ext_path, len(parent_where.origins))
         is_graph = isinstance(parent_doc, dict) and ("kdgraph" in parent_doc or "extends" in parent_doc)
         problems += found if is_graph else []
         if not is_graph:
@@ -101,7 +149,8 @@ def _resolve(
             hint = "a parent is a graph file with kdgraph: 1 (or its own extends:)"
             problems.append(where.problem(ext_path, f"{str(parent)!r} is not a kdgraph graph file", hint))
             continue
-        layers.append(_resolve(parent_doc, parent, parent_where, problems, (*chain, (real, str(parent)))))
+        budget.memo[real] = _resolve(parent_doc, parent, parent_where, problems, (*chain, (real, str(parent))), budget)
+        layers.append(budget.memo[real])
     base, pending = _combine(layers, path.parent)
     items = _overlay(base, pending, doc, where, path.parent, problems)
     for key, (a, b) in pending.items():
@@ -274,6 +323,8 @@ def _combine(layers: list[Items], child_dir: Path) -> tuple[Items, dict[tuple, t
 def _same(a: Item, b: Item, key: tuple, child_dir: Path) -> bool:
     if a.removed or b.removed:
         return a.removed and b.removed
+    if a.ident == b.ident:
+        return True  # one definition reached through two parents (each file is read once)
     return _value_in(a, key, child_dir) == _value_in(b, key, child_dir)
 
 
