@@ -21,12 +21,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import Problem, SpecError, did_you_mean
+from .errors import Problem, SpecError, did_you_mean, sort_problems
 from .spec import Locator, load_document
+from .spec.schema import schema_problems
 
 
 def pair_table(path: str | Path) -> tuple[dict[str, dict], Locator]:
-    """The `pairs:` mapping of a graph file (after `extends`), and where each of its keys was written."""
+    """The `pairs:` mapping of a graph file (after `extends`), and where each of its keys was written.
+
+    The table is checked against the graph schema's ``pairs`` before any entry is read, so a list
+    where a mapping belongs is a located problem (file:line), never an AttributeError further on.
+    """
     problems: list[Problem] = []
     locator = Locator(default_file=str(path))
     doc = load_document(path, problems, locator)
@@ -35,7 +40,10 @@ def pair_table(path: str | Path) -> tuple[dict[str, dict], Locator]:
     table = doc.get("pairs") or {}
     if not isinstance(table, dict):
         raise SpecError(locator.problem(("pairs",), "must be a mapping of pair names to entries"))
-    return table, locator
+    bad = [p for p in schema_problems({"pairs": table}, locator) if p.where[:1] == ("pairs",)]
+    if bad:
+        raise SpecError(sort_problems(bad))
+    return {name: entry or {} for name, entry in table.items()}, locator
 
 
 def _value(v: Any) -> str:
@@ -58,8 +66,13 @@ def expand_pair(path: str | Path, name: str) -> list[str]:
     out: list[str] = []
     for node, fields in (entry.get("nodes") or {}).items():
         if node not in doc_nodes:
-            raise SpecError(locator.problem(("pairs", name, "nodes", node), f"no node {node!r} in this graph",
-                                            did_you_mean(node, list(doc_nodes))))
+            raise SpecError(
+                locator.problem(
+                    ("pairs", name, "nodes", node),
+                    f"no node {node!r} in this graph",
+                    did_you_mean(node, list(doc_nodes)),
+                )
+            )
         out += [f"++nodes.{node}.{key}={_value(value)}" for key, value in (fields or {}).items()]
     out += [f"vars.{key}={_value(value)}" for key, value in (entry.get("vars") or {}).items()]
     out += list(entry.get("overrides") or [])
@@ -114,14 +127,16 @@ def pair_rows(path: str | Path) -> list[dict[str, str]]:
         nets = pair_nets(entry, doc_nodes) + ["?", "?"]
         published = entry.get("published") or {}
         first = published[0] if isinstance(published, list) and published else published
-        rows.append({
-            "pair": name,
-            "teacher": nets[0],
-            "student": nets[1],
-            "vars": ", ".join(f"{k}={v}" for k, v in (entry.get("vars") or {}).items()) or "-",
-            "top1": f"{first['top1']:.2f}" if isinstance(first, dict) and "top1" in first else "n/r",
-            "source": str(first.get("source", "")) if isinstance(first, dict) else "",
-        })
+        rows.append(
+            {
+                "pair": name,
+                "teacher": nets[0],
+                "student": nets[1],
+                "vars": ", ".join(f"{k}={v}" for k, v in (entry.get("vars") or {}).items()) or "-",
+                "top1": f"{first['top1']:.2f}" if isinstance(first, dict) and "top1" in first else "n/r",
+                "source": str(first.get("source", "")) if isinstance(first, dict) else "",
+            }
+        )
     return rows
 
 

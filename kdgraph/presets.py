@@ -22,13 +22,16 @@ cached under their own hash.
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import Problem, SpecError
+from .errors import Problem, SpecError, did_you_mean
 from .yaml12 import parse, read_graph_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "graphs" / "presets"
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "preset.schema.json"
 PRESET_KEYS = ("kdgraph_preset", "title", "nets", "data", "train", "stage_epochs", "vars", "graphs")
 
 
@@ -69,18 +72,57 @@ def load_preset(name: Any, graph_file: str | None) -> tuple[dict | None, list[Pr
         hint = f"known presets: {', '.join(known)}" if known else "add one as graphs/presets/NAME.yaml"
         return None, [_problem(f"no preset {name!r}", hint)]
     try:  # the graph file's reader: bounded, and YAML 1.2 (`cache: off` is the string "off")
-        preset, _lines, problems = parse(read_graph_text(path), str(path))
+        preset, lines, problems = parse(read_graph_text(path), str(path))
     except SpecError as e:
         return None, e.problems
     if problems:
         return None, problems
+    problems = preset_problems(preset, lines, str(path))
+    return (None, problems) if problems else (preset, [])
+
+
+@lru_cache(maxsize=1)
+def preset_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def preset_problems(preset: Any, lines: dict[tuple, int], file: str) -> list[Problem]:
+    """Every way ``preset`` departs from schemas/preset.schema.json, each at its file and line.
+
+    The one check a preset passes before ``apply_preset`` touches it: a list, a number where a
+    mapping belongs or a net without ``net:`` is a located problem here, never a TypeError there.
+    """
+    import jsonschema
+
     if not isinstance(preset, dict):
-        return None, [_problem(f"preset {path.name} must be a mapping (nets:, data:, train:, ...)")]
-    unknown = sorted(set(preset) - set(PRESET_KEYS))
-    if unknown:
-        what = f"preset {path.name}: unknown key(s) {', '.join(unknown)}"
-        return None, [_problem(what, f"use {', '.join(PRESET_KEYS)}")]
-    return preset, []
+        return [Problem("", "a preset must be a mapping (nets:, data:, train:, ...)", 1, file, kind="preset")]
+    validator = jsonschema.Draft202012Validator(preset_schema())
+    errors = sorted(validator.iter_errors(preset), key=lambda e: [str(p) for p in e.absolute_path])
+    return [_located(err, lines, file) for err in errors]
+
+
+_TYPE_NAMES = {"object": "a mapping", "array": "a list", "integer": "an integer", "string": "a string"}
+
+
+def _located(err: Any, lines: dict[tuple, int], file: str) -> Problem:
+    """One schema error as a Problem at the line of the path it is about (or of its nearest parent)."""
+    path = tuple(err.absolute_path)
+    message, hint = f"{err.instance!r} is not valid here", (err.schema.get("description") or "").rstrip(".") or None
+    if err.validator == "additionalProperties":
+        known = list(err.schema.get("properties", {}))
+        key = sorted(set(err.instance) - set(known), key=str)[0]
+        path, message = (*path, key), f"unknown key {key!r}"
+        hint = did_you_mean(str(key), known) or "known keys: " + ", ".join(known)
+    elif err.validator == "type":
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        message = f"expected {' or '.join(_TYPE_NAMES.get(t, t) for t in wanted)}, not {err.instance!r}"
+    elif err.validator == "required":
+        message = f"{err.validator_value[0]!r} is required"
+    elif err.validator in ("minimum", "minLength", "const"):
+        message = f"{err.instance!r}: {err.message}"
+    line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), 1)
+    shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return Problem(shown, message, line, file, hint, "preset", path)
 
 
 def apply_preset(doc: dict, preset: dict) -> None:
