@@ -106,6 +106,19 @@ def test_48_diamond_extends_files_validate_in_seconds_reading_each_once(
     assert len(reads) == 49 and max(reads.values()) == 1  # 48 parents and the top, each read once
 
 
+def test_a_parent_of_3000_vars_reached_twice_merges_in_seconds(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(GRAPH + "vars:\n" + "".join(f"  v{i}: {i}\n" for i in range(3000)))
+    (tmp_path / "a.yaml").write_text(
+        "kdgraph: 1\nextends: base.yaml\nvars:\n" + "".join(f"  v{i}: -1\n" for i in range(0, 3000, 2))
+    )
+    (tmp_path / "b.yaml").write_text("kdgraph: 1\nextends: base.yaml\nvars: {w: 1}\n")
+    (tmp_path / "top.yaml").write_text("kdgraph: 1\nextends: [a.yaml, b.yaml]\nname: top\n")
+    with within(BOUND_S):
+        spec = load_spec(tmp_path / "top.yaml")
+    values = spec.doc["vars"]
+    assert len(values) == 3001 and values["v2"] == -1 and values["v3"] == 3  # a's change wins over base's value
+
+
 def test_an_extends_chain_deeper_than_the_bound_is_one_error(tmp_path: Path) -> None:
     (tmp_path / "f0.yaml").write_text(GRAPH)
     for i in range(1, 80):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ REMOVE = "~"
 Origins = dict[Path_, tuple[str, "int | None"]]
 MAX_EXTENDS_DEPTH = 64  # files in one chain of extends (a child, its parent, the parent's parent...)
 MAX_EXTENDS_FILES = 256  # distinct files in one resolution
+MAX_HINTS = 20  # did-you-mean look-ups for removals of what no parent defines
 
 
 @dataclass
@@ -61,7 +63,12 @@ class Item:
     @property
     def ident(self) -> tuple:
         """Where it was written: the same for one definition reached through two parents."""
-        return (str(Path(self.where.default_file).resolve()), self.src)
+        return (_real(os.getcwd(), self.where.default_file), self.src)
+
+
+@lru_cache(maxsize=1024)
+def _real(cwd: str, file: str) -> str:
+    return str((Path(cwd) / file).resolve())  # once per file, not once per entry compared
 
 
 Items = dict[tuple, Item]  # key -> item, in document order; keys: ("nodes", name), ("train", "epochs")...
@@ -280,10 +287,45 @@ def _plugin_key(name: str, base_dir: Path) -> str:
 # ----------------------------------------------------------------------------- merging
 
 
-def _overlapping(items: Items, key: tuple) -> list[tuple]:
+class _Indexed(dict):
+    """A dict of path keys that also knows, per prefix, the keys under it: overlaps found without a scan.
+
+    Merging n items would otherwise compare each with all the others (5,000 vars: 40 s).
+    """
+
+    def __init__(self, items: dict | None = None):
+        super().__init__()
+        self._under: dict[tuple, dict[tuple, None]] = {}
+        for k, v in (items or {}).items():
+            self[k] = v
+
+    def __setitem__(self, key: tuple, value: Any) -> None:
+        if key not in self:
+            for n in range(1, len(key)):
+                self._under.setdefault(key[:n], {})[key] = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: tuple) -> None:
+        super().__delitem__(key)
+        for n in range(1, len(key)):
+            self._under[key[:n]].pop(key, None)
+
+    def setdefault(self, key: tuple, value: Any = None) -> Any:
+        if key not in self:
+            self[key] = value
+        return self[key]
+
+    def under(self, key: tuple) -> list[tuple]:
+        """The keys that lie strictly under ``key`` (all of them for the empty key)."""
+        return list(self) if not key else list(self._under.get(key, ()))
+
+    def at_or_under(self, key: tuple) -> list[tuple]:
+        return ([key] if key in self else []) + self.under(key)
+
+
+def _overlapping(items: _Indexed, key: tuple) -> list[tuple]:
     """Keys that are ``key``, lie under it, or hold it (a leaf where the other has a mapping)."""
-    n = len(key)
-    return [k for k in items if k[:n] == key or key[: len(k)] == k]
+    return [key[:n] for n in range(1, len(key)) if key[:n] in items] + items.at_or_under(key)
 
 
 def _combine(layers: list[Items], child_dir: Path) -> tuple[Items, dict[tuple, tuple[Item, Item]]]:
@@ -292,8 +334,8 @@ def _combine(layers: list[Items], child_dir: Path) -> tuple[Items, dict[tuple, t
     A definition overrides one it inherited: where mid_a.yaml changes a var of base.yaml and
     mid_b.yaml keeps it, a child of both gets mid_a's value (as a three-way merge would).
     """
-    out: Items = {}
-    pending: dict[tuple, tuple[Item, Item]] = {}
+    out: Items = _Indexed()
+    pending: dict[tuple, tuple[Item, Item]] = _Indexed()
     dropped: set[tuple] = set()
     for layer in layers:
         for key, item in layer.items():
@@ -345,11 +387,12 @@ def _overlay(
 ) -> Items:
     """The child's own items over ``base``: replace in place, append new, apply ``~`` removals."""
     own, removals = _own_items(doc, where, base_dir, problems)
-    out = dict(base)
+    hints = MAX_HINTS
+    out = _Indexed(base)
 
     def settle(key: tuple) -> frozenset:
         """Drop what ``key`` covers (pending conflicts too); the idents it overrides."""
-        for k in [k for k in pending if k[: len(key)] == key]:
+        for k in pending.at_or_under(key):
             del pending[k]
         gone = [k for k in _overlapping(out, key) if k != key]
         replaced = [out[k] for k in gone + ([key] if key in out else [])]
@@ -358,8 +401,9 @@ def _overlay(
         return frozenset().union(*(r.replaces | {r.ident} for r in replaced))
 
     for key, at, marker in removals:
-        if not any(k[: len(key)] == key and not out[k].removed for k in out):
-            known = sorted({str(k[len(key) - 1]) for k in out if k[: len(key) - 1] == key[:-1] and len(k) >= len(key)})
+        if not any(not out[k].removed for k in out.at_or_under(key)):
+            hints -= 1  # did-you-mean for the first MAX_HINTS only: each looks through every sibling
+            known = sorted({str(k[len(key) - 1]) for k in out.under(key[:-1])}) if hints >= 0 else []
             problems.append(
                 where.problem(
                     at, f"{marker!r} removes {_label(key)}, which no parent defines", did_you_mean(str(key[-1]), known)
@@ -413,6 +457,7 @@ def _assemble(items: Items, top_dir: Path, child: Locator) -> tuple[dict, Origin
     doc: dict = {}
     origins: Origins = {}
     edge_names: set[str] = set()
+    by_prefix: dict[int, dict] = {}  # per file's Locator: its origins by each prefix of their paths
     for key, item in items.items():
         if item.removed:
             continue
@@ -430,7 +475,7 @@ def _assemble(items: Items, top_dir: Path, child: Locator) -> tuple[dict, Origin
             for part in key[:-1]:
                 parent = parent.setdefault(part, {})
             parent[key[-1]] = value
-        _copy_origins(item, dst, origins)
+        _copy_origins(item, dst, origins, by_prefix)
         for n in range(1, len(dst)):  # the mappings on the way: the child's line where it has one
             prefix = dst[:n]
             if prefix not in origins:
@@ -456,10 +501,20 @@ def _keep_edge_name(edge: dict, key: str, index: int, names: set[str]) -> dict:
     return edge
 
 
-def _copy_origins(item: Item, dst: Path_, origins: Origins) -> None:
+def _copy_origins(item: Item, dst: Path_, origins: Origins, by_prefix: dict[int, dict]) -> None:
     n = len(item.src)
-    for path, origin in item.where.origins.items():
-        if path[:n] == item.src:
-            origins[dst + path[n:]] = origin
+    for path, origin in _origins_under(item.where, by_prefix).get(item.src, ()):
+        origins[dst + path[n:]] = origin
     if dst not in origins:
         origins[dst] = item.where.where(item.src)
+
+
+def _origins_under(where: Locator, cache: dict[int, dict]) -> dict[Path_, list]:
+    """A file's origins grouped under every prefix of their paths, built once per file (not once per item)."""
+    if id(where) not in cache:
+        grouped: dict[Path_, list] = {}
+        for path, origin in where.origins.items():
+            for n in range(len(path) + 1):
+                grouped.setdefault(path[:n], []).append((path, origin))
+        cache[id(where)] = grouped
+    return cache[id(where)]

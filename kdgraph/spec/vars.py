@@ -54,7 +54,9 @@ def resolve_vars(doc: dict, locator: Locator) -> tuple[Any, list[Problem]]:
     """Evaluate `vars` (which may refer to each other) and substitute ${...} everywhere else."""
     problems: list[Problem] = []
     raw_vars = dict(doc.get("vars") or {})
-    uses = {name: sorted(_mentions(value) & raw_vars.keys() - {name}) for name, value in raw_vars.items()}
+    uses = {
+        name: sorted(m for m in _mentions(value) if m in raw_vars and m != name) for name, value in raw_vars.items()
+    }
     for name, value in raw_vars.items():
         if name in _mentions(value):
             uses[name].append(name)  # a var that uses itself: a cycle of one
