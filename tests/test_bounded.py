@@ -138,6 +138,13 @@ def test_an_extends_cycle_inside_a_diamond_is_named_once(tmp_path: Path) -> None
     assert [Path(p).name for p in cycle] == ["top.yaml", "a.yaml", "base.yaml", "top.yaml"]
 
 
+@pytest.mark.parametrize("parent", ['"a\\0b.yaml"', "a" * 5000 + ".yaml"], ids=["nul", "too_long"])
+def test_a_parent_name_the_file_system_refuses_is_located(tmp_path: Path, parent: str) -> None:
+    (tmp_path / "g.yaml").write_text(GRAPH + f"extends: {parent}\n")
+    (problem,) = problems_of(tmp_path / "g.yaml")
+    assert "cannot be read" in problem.message and problem.line == GRAPH.count("\n") + 1
+
+
 # ----------------------------------------------------------------------------- vars
 
 

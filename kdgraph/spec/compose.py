@@ -123,7 +123,12 @@ def _resolve(
     """This file's items over the combination of its parents' (each resolved once, then reused)."""
     layers: list[Items] = []
     for ext_path, parent in _parent_paths(doc, path, where, problems):
-        real = parent.resolve()
+        try:
+            real, regular = parent.resolve(), parent.is_file()
+        except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system, a symlink loop
+            reason = getattr(e, "strerror", None) or str(e)
+            problems.append(where.problem(ext_path, f"parent graph {str(parent)[:200]!r} cannot be read: {reason}"))
+            continue
         seen = [r for r, _ in chain]
         if real in seen:
             cycle = " -> ".join([shown for _, shown in chain[seen.index(real) :]] + [str(parent)])
@@ -140,7 +145,7 @@ def _resolve(
                     ext_path, f"extends chain deeper than {MAX_EXTENDS_DEPTH} files", "extend a flatter set of files"
                 )
             )
-        if not parent.is_file():
+        if not regular:
             what = "is a directory" if parent.is_dir() else ("is not a regular file" if parent.exists() else "")
             problems.append(where.problem(ext_path, f"parent graph {str(parent)!r} {what or 'does not exist'}"))
             continue
