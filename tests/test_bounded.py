@@ -221,6 +221,12 @@ def test_an_override_index_outside_the_list_is_one_error(tmp_path: Path, overrid
     assert "the list has 2 items" in problem.hint
 
 
+def test_an_override_path_deeper_than_the_reader_allows_is_one_error(tmp_path: Path) -> None:
+    (tmp_path / "g.yaml").write_text(GRAPH + "vars: {T: 4}\n")
+    (problem,) = problems_of(tmp_path / "g.yaml", ["++vars." + ".".join(["a"] * 100) + "=1"])
+    assert problem.file == "<command line>" and "deeper than 64 levels" in problem.message
+
+
 def test_appending_at_the_end_works_one_past_it_does_not(tmp_path: Path) -> None:
     (tmp_path / "g.yaml").write_text(GRAPH)
     spec = load_spec(tmp_path / "g.yaml", ["+edges[2]={loss: ce, from: data.label, to: student.logits, name: third}"])

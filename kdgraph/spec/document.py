@@ -101,6 +101,9 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         if not path:
             problems.append(Problem("", f"{where} names no key", file="<command line>", kind="override"))
             continue
+        if len(path) > yaml12.MAX_DEPTH:  # `++a.a.a...=1` would nest the document past the reader's bound
+            problems.append(_override_problem((), f"{where} is deeper than {yaml12.MAX_DEPTH} levels"))
+            continue
         try:
             value = yaml12.parse_value(raw) if raw is not None else None
         except (yaml.YAMLError, SpecError):
