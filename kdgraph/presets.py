@@ -126,36 +126,48 @@ def _located(err: Any, lines: dict[tuple, int], file: str) -> Problem:
 
 
 def apply_preset(doc: dict, preset: dict) -> None:
-    """Rewrite the graph document in place as the module docstring says."""
+    """Rewrite the graph document in place as the module docstring says.
+
+    ``preset`` has passed ``preset_problems``; the graph has not been checked yet, so a section of the
+    wrong shape (``nodes: [..]``, ``vars: [..]``) is left as it is, for the graph's schema to report at its line.
+    """
     nets = preset.get("nets") or {}
-    for node in (doc.get("nodes") or {}).values():
+    for node in _section(doc, "nodes").values():
         if isinstance(node, dict) and isinstance(node.get("net"), str) and node["net"] in nets:
             small = dict(nets[node["net"]])
             node["net"] = small.pop("net")
             node.update(small)
-    if preset.get("data"):
-        data = dict(doc.get("data") or {})
+    if preset.get("data") and isinstance(doc.get("data") or {}, dict):
+        data = dict(_section(doc, "data"))
         if "dataset" in preset["data"]:  # another dataset: the old one's statistics and location do not apply
             for key in ("mean", "std", "root", "download"):
                 data.pop(key, None)
         doc["data"] = {**data, **preset["data"]}
-    if preset.get("train"):
-        train = dict(doc.get("train") or {})
+    if preset.get("train") and isinstance(doc.get("train") or {}, dict):
+        train = dict(_section(doc, "train"))
         for key, value in preset["train"].items():
             if key == "optimizer" and isinstance(train.get(key), dict):
                 train[key] = {**train[key], **value}
             else:
                 train[key] = value
         doc["train"] = train
-    if preset.get("stage_epochs") is not None:
-        for stage in doc.get("stages") or []:
+    stages = doc.get("stages")
+    if preset.get("stage_epochs") is not None and isinstance(stages, list):
+        for stage in stages:
             if isinstance(stage, dict) and "epochs" in stage and stage["epochs"] != 0:
                 stage["epochs"] = preset["stage_epochs"]
-    declared = doc.get("vars") or {}
-    own = ((preset.get("graphs") or {}).get(doc.get("name")) or {}).get("vars") or {}
+    declared = _section(doc, "vars")
+    name = doc.get("name")
+    own = ((preset.get("graphs") or {}).get(name if isinstance(name, str) else None) or {}).get("vars") or {}
     for key, value in {**(preset.get("vars") or {}), **own}.items():
         if key in declared:
             declared[key] = value
+
+
+def _section(doc: dict, key: str) -> dict:
+    """The graph's mapping ``key``; an empty one (not written back) where it is missing or not a mapping."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def apply_named_preset(doc: dict, name: Any, graph_file: str | None) -> list[Problem]:

@@ -265,6 +265,17 @@ def test_a_hostile_preset_is_exit_2_at_its_file_and_line(tmp_path: Path, capsys,
     assert f"{tmp_path / 'presets' / name}.yaml:{line}: " in err
 
 
+@pytest.mark.parametrize(
+    "section", ["name: [1]\nnodes: {s: {net: cnn}}", "name: x\nnodes: [1]", "name: x\nvars: [lr]\nnodes: {}"]
+)
+def test_a_preset_over_a_malformed_graph_leaves_the_graph_schema_to_report_it(
+    tmp_path: Path, capsys, section: str
+) -> None:
+    (tmp_path / "g.yaml").write_text(f"kdgraph: 1\n{section}\ndata: [1]\n")
+    code, err = cli(capsys, "validate", "--no-dry-run", str(tmp_path / "g.yaml"), "--preset", "digits")
+    assert code == 2 and "unexpected" not in err and f"{tmp_path / 'g.yaml'}:" in err
+
+
 # ----------------------------------------------------------------------------- pairs
 
 
