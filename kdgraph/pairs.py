@@ -62,7 +62,7 @@ def expand_pair(path: str | Path, name: str) -> list[str]:
         raise SpecError(Problem("pairs", f"no pair {name!r} (--pair)", line, file, hint))
     entry = table[name] or {}
     doc = load_document(path, [], Locator())
-    doc_nodes = doc.get("nodes") or {}
+    doc_nodes = _mapping(doc.get("nodes"))
     out: list[str] = []
     for node, fields in (entry.get("nodes") or {}).items():
         if node not in doc_nodes:
@@ -102,10 +102,15 @@ def pair_nets(entry: dict, doc_nodes: dict) -> list[str]:
     """[teacher net, student net] of a pair (the file's own nets where the pair keeps them)."""
     nets = []
     for node in ("teacher", "student"):
-        net = ((entry.get("nodes") or {}).get(node) or {}).get("net") or (doc_nodes.get(node) or {}).get("net")
+        net = ((entry.get("nodes") or {}).get(node) or {}).get("net") or _mapping(doc_nodes.get(node)).get("net")
         if net:
             nets.append(str(net))
     return nets
+
+
+def _mapping(value: Any) -> dict:
+    """The graph's own mapping, or an empty one: the graph is not checked yet (its schema reports a list there)."""
+    return value if isinstance(value, dict) else {}
 
 
 def with_pair(files: list[str], overrides: list[str], pair: str | None) -> list[str]:
@@ -120,7 +125,7 @@ def with_pair(files: list[str], overrides: list[str], pair: str | None) -> list[
 def pair_rows(path: str | Path) -> list[dict[str, str]]:
     """One row per pair: name, teacher, student, vars, published top-1 and its source (`kdgraph list pairs`)."""
     table, _ = pair_table(path)
-    doc_nodes = load_document(path, [], Locator()).get("nodes") or {}
+    doc_nodes = _mapping(load_document(path, [], Locator()).get("nodes"))
     rows = []
     for name, entry in table.items():
         entry = entry or {}

@@ -307,3 +307,12 @@ def test_list_pairs_with_a_top1_that_is_no_number_is_exit_2(tmp_path: Path, caps
     path.write_text(GRAPH + "pairs:\n  a-b: {published: {top1: abc}}\n")
     code, err = cli(capsys, "list", "pairs", str(path))
     assert code == 2 and "unexpected" not in err and f"{path}:{GRAPH.count(chr(10)) + 2}: pairs.a-b.published" in err
+
+
+def test_list_pairs_of_a_graph_whose_nodes_are_a_list_is_no_traceback(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("kdgraph: 1\nname: x\nnodes: [1]\npairs:\n  a-b: {nodes: {student: {net: cnn}}}\n")
+    code, err = cli(capsys, "list", "pairs", str(path))
+    assert code == 0 and "unexpected" not in err
+    code, err = cli(capsys, "validate", "--no-dry-run", "--pair", "a-b", str(path))
+    assert code == 2 and f"{path}:5: pairs.a-b.nodes.student: no node 'student'" in err
