@@ -30,10 +30,18 @@ PATTERN = re.compile(r"\$\{([^}]*)\}")
 class ExprError(ValueError):
     """A `${...}` expression that cannot be evaluated; the message says why."""
 
-    def __init__(self, message: str, hint: str | None = None, unknown_var: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, unknown_var: str | None = None, known: Any = None):
         super().__init__(message)
-        self.hint = hint
+        self._hint = hint
+        self._known = known  # the names an unknown var is compared with, only when the hint is asked for
         self.unknown_var = unknown_var  # the name, when the expression uses a var that is not defined (yet)
+
+    @property
+    def hint(self) -> str | None:
+        """The fix; for an unknown var the nearest known names, looked up on first use (difflib is slow)."""
+        if self._hint is None and self._known is not None:
+            self._hint, self._known = did_you_mean(str(self.unknown_var), list(self._known)), None
+        return self._hint
 
 
 MAX_CHARS = 500  # an expression is a formula a person writes
@@ -82,7 +90,7 @@ def _walk(node: ast.AST, env: dict[str, Any], expr: str) -> Any:
         return node.value
     if isinstance(node, ast.Name):
         if node.id not in env:
-            raise ExprError(f"unknown var {node.id!r} in '${{{expr}}}'", did_you_mean(node.id, list(env)), node.id)
+            raise ExprError(f"unknown var {node.id!r} in '${{{expr}}}'", None, node.id, env)
         value = env[node.id]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ExprError(f"var {node.id!r} is {value!r}, not a number, in '${{{expr}}}'")
@@ -126,8 +134,9 @@ def substitute(value: str, env: dict[str, Any]) -> Any:
         return float(result) if isinstance(result, float) else result
     if "${" in value and not PATTERN.search(value):
         raise ExprError(f"unclosed '${{' in {value!r}", "close it with '}'")
-    text = PATTERN.sub(lambda m: _format(_bare(m.group(1), env) if _is_bare(m.group(1), env) else
-                                         evaluate(m.group(1), env)), value)
+    text = PATTERN.sub(
+        lambda m: _format(_bare(m.group(1), env) if _is_bare(m.group(1), env) else evaluate(m.group(1), env)), value
+    )
     if len(text) > MAX_TEXT:  # string vars that repeat each other grow exponentially
         raise ExprError(f"{value[:40]!r} expands to {len(text):,} characters", f"at most {MAX_TEXT:,}")
     return text

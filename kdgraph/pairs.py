@@ -21,12 +21,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import Problem, SpecError, did_you_mean
+from .errors import Problem, SpecError, did_you_mean, sort_problems
 from .spec import Locator, load_document
+from .spec.schema import schema_problems
 
 
 def pair_table(path: str | Path) -> tuple[dict[str, dict], Locator]:
-    """The `pairs:` mapping of a graph file (after `extends`), and where each of its keys was written."""
+    """The `pairs:` mapping of a graph file (after `extends`), and where each of its keys was written.
+
+    The table is checked against the graph schema's ``pairs`` before any entry is read, so a list
+    where a mapping belongs is a located problem (file:line), never an AttributeError further on.
+    """
     problems: list[Problem] = []
     locator = Locator(default_file=str(path))
     doc = load_document(path, problems, locator)
@@ -35,7 +40,10 @@ def pair_table(path: str | Path) -> tuple[dict[str, dict], Locator]:
     table = doc.get("pairs") or {}
     if not isinstance(table, dict):
         raise SpecError(locator.problem(("pairs",), "must be a mapping of pair names to entries"))
-    return table, locator
+    bad = [p for p in schema_problems({"pairs": table}, locator) if p.where[:1] == ("pairs",)]
+    if bad:
+        raise SpecError(sort_problems(bad))
+    return {name: entry or {} for name, entry in table.items()}, locator
 
 
 def _value(v: Any) -> str:
@@ -54,12 +62,17 @@ def expand_pair(path: str | Path, name: str) -> list[str]:
         raise SpecError(Problem("pairs", f"no pair {name!r} (--pair)", line, file, hint))
     entry = table[name] or {}
     doc = load_document(path, [], Locator())
-    doc_nodes = doc.get("nodes") or {}
+    doc_nodes = _mapping(doc.get("nodes"))
     out: list[str] = []
     for node, fields in (entry.get("nodes") or {}).items():
         if node not in doc_nodes:
-            raise SpecError(locator.problem(("pairs", name, "nodes", node), f"no node {node!r} in this graph",
-                                            did_you_mean(node, list(doc_nodes))))
+            raise SpecError(
+                locator.problem(
+                    ("pairs", name, "nodes", node),
+                    f"no node {node!r} in this graph",
+                    did_you_mean(node, list(doc_nodes)),
+                )
+            )
         out += [f"++nodes.{node}.{key}={_value(value)}" for key, value in (fields or {}).items()]
     out += [f"vars.{key}={_value(value)}" for key, value in (entry.get("vars") or {}).items()]
     out += list(entry.get("overrides") or [])
@@ -89,10 +102,15 @@ def pair_nets(entry: dict, doc_nodes: dict) -> list[str]:
     """[teacher net, student net] of a pair (the file's own nets where the pair keeps them)."""
     nets = []
     for node in ("teacher", "student"):
-        net = ((entry.get("nodes") or {}).get(node) or {}).get("net") or (doc_nodes.get(node) or {}).get("net")
+        net = ((entry.get("nodes") or {}).get(node) or {}).get("net") or _mapping(doc_nodes.get(node)).get("net")
         if net:
             nets.append(str(net))
     return nets
+
+
+def _mapping(value: Any) -> dict:
+    """The graph's own mapping, or an empty one: the graph is not checked yet (its schema reports a list there)."""
+    return value if isinstance(value, dict) else {}
 
 
 def with_pair(files: list[str], overrides: list[str], pair: str | None) -> list[str]:
@@ -107,21 +125,23 @@ def with_pair(files: list[str], overrides: list[str], pair: str | None) -> list[
 def pair_rows(path: str | Path) -> list[dict[str, str]]:
     """One row per pair: name, teacher, student, vars, published top-1 and its source (`kdgraph list pairs`)."""
     table, _ = pair_table(path)
-    doc_nodes = load_document(path, [], Locator()).get("nodes") or {}
+    doc_nodes = _mapping(load_document(path, [], Locator()).get("nodes"))
     rows = []
     for name, entry in table.items():
         entry = entry or {}
         nets = pair_nets(entry, doc_nodes) + ["?", "?"]
         published = entry.get("published") or {}
         first = published[0] if isinstance(published, list) and published else published
-        rows.append({
-            "pair": name,
-            "teacher": nets[0],
-            "student": nets[1],
-            "vars": ", ".join(f"{k}={v}" for k, v in (entry.get("vars") or {}).items()) or "-",
-            "top1": f"{first['top1']:.2f}" if isinstance(first, dict) and "top1" in first else "n/r",
-            "source": str(first.get("source", "")) if isinstance(first, dict) else "",
-        })
+        rows.append(
+            {
+                "pair": name,
+                "teacher": nets[0],
+                "student": nets[1],
+                "vars": ", ".join(f"{k}={v}" for k, v in (entry.get("vars") or {}).items()) or "-",
+                "top1": f"{first['top1']:.2f}" if isinstance(first, dict) and "top1" in first else "n/r",
+                "source": str(first.get("source", "")) if isinstance(first, dict) else "",
+            }
+        )
     return rows
 
 

@@ -22,14 +22,17 @@ cached under their own hash.
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import Problem, SpecError
+from .errors import Problem, SpecError, did_you_mean
 from .files import PRESET, read_text
 from .yaml12 import parse
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "graphs" / "presets"
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "preset.schema.json"
 PRESET_KEYS = ("kdgraph_preset", "title", "nets", "data", "train", "stage_epochs", "vars", "graphs")
 
 
@@ -70,51 +73,102 @@ def load_preset(name: Any, graph_file: str | None) -> tuple[dict | None, list[Pr
         hint = f"known presets: {', '.join(known)}" if known else "add one as graphs/presets/NAME.yaml"
         return None, [_problem(f"no preset {name!r}", hint)]
     try:  # the graph file's reader: bounded, and YAML 1.2 (`cache: off` is the string "off")
-        preset, _lines, problems = parse(read_text(path, PRESET), str(path))
+        preset, lines, problems = parse(read_text(path, PRESET), str(path))
     except SpecError as e:
         return None, e.problems
     if problems:
         return None, problems
+    problems = preset_problems(preset, lines, str(path))
+    return (None, problems) if problems else (preset, [])
+
+
+@lru_cache(maxsize=1)
+def preset_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def preset_problems(preset: Any, lines: dict[tuple, int], file: str) -> list[Problem]:
+    """Every way ``preset`` departs from schemas/preset.schema.json, each at its file and line.
+
+    The one check a preset passes before ``apply_preset`` touches it: a list, a number where a
+    mapping belongs or a net without ``net:`` is a located problem here, never a TypeError there.
+    """
+    import jsonschema
+
     if not isinstance(preset, dict):
-        return None, [_problem(f"preset {path.name} must be a mapping (nets:, data:, train:, ...)")]
-    unknown = sorted(set(preset) - set(PRESET_KEYS))
-    if unknown:
-        what = f"preset {path.name}: unknown key(s) {', '.join(unknown)}"
-        return None, [_problem(what, f"use {', '.join(PRESET_KEYS)}")]
-    return preset, []
+        return [Problem("", "a preset must be a mapping (nets:, data:, train:, ...)", 1, file, kind="preset")]
+    validator = jsonschema.Draft202012Validator(preset_schema())
+    errors = sorted(validator.iter_errors(preset), key=lambda e: [str(p) for p in e.absolute_path])
+    return [_located(err, lines, file) for err in errors]
+
+
+_TYPE_NAMES = {"object": "a mapping", "array": "a list", "integer": "an integer", "string": "a string"}
+
+
+def _located(err: Any, lines: dict[tuple, int], file: str) -> Problem:
+    """One schema error as a Problem at the line of the path it is about (or of its nearest parent)."""
+    path = tuple(err.absolute_path)
+    message, hint = f"{err.instance!r} is not valid here", (err.schema.get("description") or "").rstrip(".") or None
+    if err.validator == "additionalProperties":
+        known = list(err.schema.get("properties", {}))
+        key = sorted(set(err.instance) - set(known), key=str)[0]
+        path, message = (*path, key), f"unknown key {key!r}"
+        hint = did_you_mean(str(key), known) or "known keys: " + ", ".join(known)
+    elif err.validator == "type":
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        message = f"expected {' or '.join(_TYPE_NAMES.get(t, t) for t in wanted)}, not {err.instance!r}"
+    elif err.validator == "required":
+        message = f"{err.validator_value[0]!r} is required"
+    elif err.validator in ("minimum", "minLength", "const"):
+        message = f"{err.instance!r}: {err.message}"
+    line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), 1)
+    shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return Problem(shown, message, line, file, hint, "preset", path)
 
 
 def apply_preset(doc: dict, preset: dict) -> None:
-    """Rewrite the graph document in place as the module docstring says."""
+    """Rewrite the graph document in place as the module docstring says.
+
+    ``preset`` has passed ``preset_problems``; the graph has not been checked yet, so a section of the
+    wrong shape (``nodes: [..]``, ``vars: [..]``) is left as it is, for the graph's schema to report at its line.
+    """
     nets = preset.get("nets") or {}
-    for node in (doc.get("nodes") or {}).values():
+    for node in _section(doc, "nodes").values():
         if isinstance(node, dict) and isinstance(node.get("net"), str) and node["net"] in nets:
             small = dict(nets[node["net"]])
             node["net"] = small.pop("net")
             node.update(small)
-    if preset.get("data"):
-        data = dict(doc.get("data") or {})
+    if preset.get("data") and isinstance(doc.get("data") or {}, dict):
+        data = dict(_section(doc, "data"))
         if "dataset" in preset["data"]:  # another dataset: the old one's statistics and location do not apply
             for key in ("mean", "std", "root", "download"):
                 data.pop(key, None)
         doc["data"] = {**data, **preset["data"]}
-    if preset.get("train"):
-        train = dict(doc.get("train") or {})
+    if preset.get("train") and isinstance(doc.get("train") or {}, dict):
+        train = dict(_section(doc, "train"))
         for key, value in preset["train"].items():
             if key == "optimizer" and isinstance(train.get(key), dict):
                 train[key] = {**train[key], **value}
             else:
                 train[key] = value
         doc["train"] = train
-    if preset.get("stage_epochs") is not None:
-        for stage in doc.get("stages") or []:
+    stages = doc.get("stages")
+    if preset.get("stage_epochs") is not None and isinstance(stages, list):
+        for stage in stages:
             if isinstance(stage, dict) and "epochs" in stage and stage["epochs"] != 0:
                 stage["epochs"] = preset["stage_epochs"]
-    declared = doc.get("vars") or {}
-    own = ((preset.get("graphs") or {}).get(doc.get("name")) or {}).get("vars") or {}
+    declared = _section(doc, "vars")
+    name = doc.get("name")
+    own = ((preset.get("graphs") or {}).get(name if isinstance(name, str) else None) or {}).get("vars") or {}
     for key, value in {**(preset.get("vars") or {}), **own}.items():
         if key in declared:
             declared[key] = value
+
+
+def _section(doc: dict, key: str) -> dict:
+    """The graph's mapping ``key``; an empty one (not written back) where it is missing or not a mapping."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def apply_named_preset(doc: dict, name: Any, graph_file: str | None) -> list[Problem]:

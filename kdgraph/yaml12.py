@@ -198,10 +198,8 @@ class _Walker:
 
     def _mapping(self, node: yaml.MappingNode, path: tuple, depth: int, stack: tuple) -> None:
         seen: set[Any] = set()
-        merged: list[yaml.MappingNode] = []
         for key_node, value_node in node.value:
             if key_node.tag == MERGE_TAG:
-                merged += _merge_sources(value_node)
                 continue
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != STR_TAG:
                 shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a mapping or list"
@@ -233,19 +231,43 @@ class _Walker:
             seen.add(key)
             self.lines[(*path, key)] = key_node.start_mark.line + 1
             self.walk(value_node, (*path, key), depth + 1, stack)
-        for source in merged:  # merged keys: only those the mapping does not set itself (first source wins)
-            if any(source is s for s in stack):
-                raise self._fail(source, "a merge key refers to the mapping that contains it", "merge another mapping")
-            for key_node, value_node in source.value:
-                if key_node.tag == MERGE_TAG:
-                    continue
-                key = key_node.value
-                if key in seen:
-                    self.count += 1
-                    continue
-                seen.add(key)
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
-                self.walk(value_node, (*path, key), depth + 1, stack)
+        # merged keys, as the constructor expands them: only those the mapping does not set itself
+        merged = self._merged(node, stack, 0)
+        for key_node, value_node in reversed(merged):  # the last merged pair of a key wins, as in the constructor
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key_node.tag != STR_TAG or key in seen:
+                continue
+            seen.add(key)
+            self.lines[(*path, key)] = key_node.start_mark.line + 1
+            self.walk(value_node, (*path, key), depth + 1, stack)
+
+    def _merged(self, node: yaml.MappingNode, stack: tuple, level: int) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The pairs ``node``'s merge keys bring in, merges of merges included, as PyYAML's flatten_mapping.
+
+        Every pair counts toward MAX_VALUES each time it is merged (the constructor copies it each time),
+        so a merge of a merge of a mapping that merges twice is bounded like an alias bomb.
+        """
+        out: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != MERGE_TAG:
+                continue
+            for source in reversed(_merge_sources(value_node)):  # of a list, the first source wins
+                out += self._flat(source, (*stack, node), level + 1)
+        return out
+
+    def _flat(self, source: yaml.MappingNode, stack: tuple, level: int) -> list[tuple[yaml.Node, yaml.Node]]:
+        """A merged mapping's own pairs after the pairs its own merge keys bring in; counted."""
+        if any(source is s for s in stack):
+            raise self._fail(source, "a merge key refers to the mapping that contains it", "merge another mapping")
+        if level > MAX_DEPTH:
+            raise self._fail(source, f"merges nested deeper than {MAX_DEPTH} levels", "merge fewer levels")
+        pairs = self._merged(source, stack, level) + [(k, v) for k, v in source.value if k.tag != MERGE_TAG]
+        self.count += len(pairs)
+        if self.count > MAX_VALUES:
+            raise self._fail(
+                source, f"the document expands to more than {MAX_VALUES:,} values", "an alias bomb? use fewer merges"
+            )
+        return pairs
 
 
 def _merge_sources(node: yaml.Node) -> list[yaml.MappingNode]:

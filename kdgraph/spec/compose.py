@@ -17,18 +17,24 @@ The rules, the same at every level:
   graphs, ``data.root``) are rewritten relative to the child, so they keep naming the same files.
 
 Every merged entry keeps the (file, line) it was written at, so problems point into the parent.
+
+The work is bounded: each file is read and resolved once per resolution (a diamond of 48 files costs
+48 files, not 2**24 paths), the chain is at most MAX_EXTENDS_DEPTH files deep, at most MAX_EXTENDS_FILES
+files take part, and their values together count toward yaml12.MAX_VALUES as one document's would.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ..catalog import is_file_plugin
-from ..errors import Problem, did_you_mean
+from ..errors import Problem, SpecError, did_you_mean
+from ..yaml12 import MAX_VALUES
 from .document import Locator, Path_, format_path, read_yaml
 from .model import default_edge_name
 from .schema import schema
@@ -38,6 +44,9 @@ COSMETIC = ("title", "cite", "notes")
 REMOVE = "~"
 
 Origins = dict[Path_, tuple[str, "int | None"]]
+MAX_EXTENDS_DEPTH = 64  # files in one chain of extends (a child, its parent, the parent's parent...)
+MAX_EXTENDS_FILES = 256  # distinct files in one resolution
+MAX_HINTS = 20  # did-you-mean look-ups for removals of what no parent defines
 
 
 @dataclass
@@ -54,7 +63,12 @@ class Item:
     @property
     def ident(self) -> tuple:
         """Where it was written: the same for one definition reached through two parents."""
-        return (str(Path(self.where.default_file).resolve()), self.src)
+        return (_real(os.getcwd(), self.where.default_file), self.src)
+
+
+@lru_cache(maxsize=1024)
+def _real(cwd: str, file: str) -> str:
+    return str((Path(cwd) / file).resolve())  # once per file, not once per entry compared
 
 
 Items = dict[tuple, Item]  # key -> item, in document order; keys: ("nodes", name), ("train", "epochs")...
@@ -63,7 +77,8 @@ Items = dict[tuple, Item]  # key -> item, in document order; keys: ("nodes", nam
 def resolve_extends(doc: dict, path: Path, locator: Locator, problems: list[Problem]) -> dict:
     """The child ``doc`` (read from ``path``) merged over its parents; ``locator`` is remapped to the merged doc."""
     path = Path(path)
-    items = _resolve(doc, path, locator, problems, chain=((path.resolve(), str(path)),))
+    budget = _Budget(values=len(locator.origins))
+    items = _resolve(doc, path, locator, problems, ((path.resolve(), str(path)),), budget)
     merged, origins = _assemble(items, path.parent, locator)
     locator.origins.clear()
     locator.origins.update(origins)
@@ -73,13 +88,47 @@ def resolve_extends(doc: dict, path: Path, locator: Locator, problems: list[Prob
 # ----------------------------------------------------------------------------- resolving one file
 
 
+@dataclass
+class _Budget:
+    """What one resolution has spent: each parent's items once (memo), files read, values seen."""
+
+    values: int
+    memo: dict[Path, Items] = field(default_factory=dict)
+
+    def spend(self, where: Locator, at: Path_, values: int) -> None:
+        """Count a parent file read; one clear error once the files or their values exceed the bounds."""
+        self.values += values
+        if len(self.memo) >= MAX_EXTENDS_FILES:
+            raise SpecError(
+                where.problem(
+                    at, f"extends reaches more than {MAX_EXTENDS_FILES} graph files", "merge some parents into one file"
+                )
+            )
+        if self.values > MAX_VALUES:
+            raise SpecError(
+                where.problem(
+                    at, f"the extends chain expands to more than {MAX_VALUES:,} values", "extend fewer or smaller files"
+                )
+            )
+
+
 def _resolve(
-    doc: dict, path: Path, where: Locator, problems: list[Problem], chain: tuple[tuple[Path, str], ...]
+    doc: dict,
+    path: Path,
+    where: Locator,
+    problems: list[Problem],
+    chain: tuple[tuple[Path, str], ...],
+    budget: _Budget,
 ) -> Items:
-    """This file's items over the combination of its parents' (each resolved the same way)."""
+    """This file's items over the combination of its parents' (each resolved once, then reused)."""
     layers: list[Items] = []
     for ext_path, parent in _parent_paths(doc, path, where, problems):
-        real = parent.resolve()
+        try:
+            real, regular = parent.resolve(), parent.is_file()
+        except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system, a symlink loop
+            reason = getattr(e, "strerror", None) or str(e)
+            problems.append(where.problem(ext_path, f"parent graph {str(parent)[:200]!r} cannot be read: {reason}"))
+            continue
         seen = [r for r, _ in chain]
         if real in seen:
             cycle = " -> ".join([shown for _, shown in chain[seen.index(real) :]] + [str(parent)])
@@ -87,13 +136,24 @@ def _resolve(
                 where.problem(ext_path, f"extends cycle: {cycle}", "a graph cannot extend itself, even through parents")
             )
             continue
-        if not parent.is_file():
+        if real in budget.memo:  # a diamond: this parent was resolved through another path already
+            layers.append(budget.memo[real])
+            continue
+        if len(chain) >= MAX_EXTENDS_DEPTH:
+            raise SpecError(
+                where.problem(
+                    ext_path, f"extends chain deeper than {MAX_EXTENDS_DEPTH} files", "extend a flatter set of files"
+                )
+            )
+        if not regular:
             what = "is a directory" if parent.is_dir() else ("is not a regular file" if parent.exists() else "")
             problems.append(where.problem(ext_path, f"parent graph {str(parent)!r} {what or 'does not exist'}"))
             continue
         parent_where = Locator(default_file=str(parent))
         found: list[Problem] = []
         parent_doc = read_yaml(parent, parent_where, found)
+        budget.memo[real] = {}  # read: counted, and not read again even where it is no graph
+        budget.spend(where, ext_path, len(parent_where.origins))
         is_graph = isinstance(parent_doc, dict) and ("kdgraph" in parent_doc or "extends" in parent_doc)
         problems += found if is_graph else []
         if not is_graph:
@@ -101,7 +161,8 @@ def _resolve(
             hint = "a parent is a graph file with kdgraph: 1 (or its own extends:)"
             problems.append(where.problem(ext_path, f"{str(parent)!r} is not a kdgraph graph file", hint))
             continue
-        layers.append(_resolve(parent_doc, parent, parent_where, problems, (*chain, (real, str(parent)))))
+        budget.memo[real] = _resolve(parent_doc, parent, parent_where, problems, (*chain, (real, str(parent))), budget)
+        layers.append(budget.memo[real])
     base, pending = _combine(layers, path.parent)
     items = _overlay(base, pending, doc, where, path.parent, problems)
     for key, (a, b) in pending.items():
@@ -231,10 +292,45 @@ def _plugin_key(name: str, base_dir: Path) -> str:
 # ----------------------------------------------------------------------------- merging
 
 
-def _overlapping(items: Items, key: tuple) -> list[tuple]:
+class _Indexed(dict):
+    """A dict of path keys that also knows, per prefix, the keys under it: overlaps found without a scan.
+
+    Merging n items would otherwise compare each with all the others (5,000 vars: 40 s).
+    """
+
+    def __init__(self, items: dict | None = None):
+        super().__init__()
+        self._under: dict[tuple, dict[tuple, None]] = {}
+        for k, v in (items or {}).items():
+            self[k] = v
+
+    def __setitem__(self, key: tuple, value: Any) -> None:
+        if key not in self:
+            for n in range(1, len(key)):
+                self._under.setdefault(key[:n], {})[key] = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: tuple) -> None:
+        super().__delitem__(key)
+        for n in range(1, len(key)):
+            self._under[key[:n]].pop(key, None)
+
+    def setdefault(self, key: tuple, value: Any = None) -> Any:
+        if key not in self:
+            self[key] = value
+        return self[key]
+
+    def under(self, key: tuple) -> list[tuple]:
+        """The keys that lie strictly under ``key`` (all of them for the empty key)."""
+        return list(self) if not key else list(self._under.get(key, ()))
+
+    def at_or_under(self, key: tuple) -> list[tuple]:
+        return ([key] if key in self else []) + self.under(key)
+
+
+def _overlapping(items: _Indexed, key: tuple) -> list[tuple]:
     """Keys that are ``key``, lie under it, or hold it (a leaf where the other has a mapping)."""
-    n = len(key)
-    return [k for k in items if k[:n] == key or key[: len(k)] == k]
+    return [key[:n] for n in range(1, len(key)) if key[:n] in items] + items.at_or_under(key)
 
 
 def _combine(layers: list[Items], child_dir: Path) -> tuple[Items, dict[tuple, tuple[Item, Item]]]:
@@ -243,8 +339,8 @@ def _combine(layers: list[Items], child_dir: Path) -> tuple[Items, dict[tuple, t
     A definition overrides one it inherited: where mid_a.yaml changes a var of base.yaml and
     mid_b.yaml keeps it, a child of both gets mid_a's value (as a three-way merge would).
     """
-    out: Items = {}
-    pending: dict[tuple, tuple[Item, Item]] = {}
+    out: Items = _Indexed()
+    pending: dict[tuple, tuple[Item, Item]] = _Indexed()
     dropped: set[tuple] = set()
     for layer in layers:
         for key, item in layer.items():
@@ -274,6 +370,8 @@ def _combine(layers: list[Items], child_dir: Path) -> tuple[Items, dict[tuple, t
 def _same(a: Item, b: Item, key: tuple, child_dir: Path) -> bool:
     if a.removed or b.removed:
         return a.removed and b.removed
+    if a.ident == b.ident:
+        return True  # one definition reached through two parents (each file is read once)
     return _value_in(a, key, child_dir) == _value_in(b, key, child_dir)
 
 
@@ -294,11 +392,12 @@ def _overlay(
 ) -> Items:
     """The child's own items over ``base``: replace in place, append new, apply ``~`` removals."""
     own, removals = _own_items(doc, where, base_dir, problems)
-    out = dict(base)
+    hints = MAX_HINTS
+    out = _Indexed(base)
 
     def settle(key: tuple) -> frozenset:
         """Drop what ``key`` covers (pending conflicts too); the idents it overrides."""
-        for k in [k for k in pending if k[: len(key)] == key]:
+        for k in pending.at_or_under(key):
             del pending[k]
         gone = [k for k in _overlapping(out, key) if k != key]
         replaced = [out[k] for k in gone + ([key] if key in out else [])]
@@ -307,8 +406,9 @@ def _overlay(
         return frozenset().union(*(r.replaces | {r.ident} for r in replaced))
 
     for key, at, marker in removals:
-        if not any(k[: len(key)] == key and not out[k].removed for k in out):
-            known = sorted({str(k[len(key) - 1]) for k in out if k[: len(key) - 1] == key[:-1] and len(k) >= len(key)})
+        if not any(not out[k].removed for k in out.at_or_under(key)):
+            hints -= 1  # did-you-mean for the first MAX_HINTS only: each looks through every sibling
+            known = sorted({str(k[len(key) - 1]) for k in out.under(key[:-1])}) if hints >= 0 else []
             problems.append(
                 where.problem(
                     at, f"{marker!r} removes {_label(key)}, which no parent defines", did_you_mean(str(key[-1]), known)
@@ -362,6 +462,7 @@ def _assemble(items: Items, top_dir: Path, child: Locator) -> tuple[dict, Origin
     doc: dict = {}
     origins: Origins = {}
     edge_names: set[str] = set()
+    by_prefix: dict[int, dict] = {}  # per file's Locator: its origins by each prefix of their paths
     for key, item in items.items():
         if item.removed:
             continue
@@ -379,7 +480,7 @@ def _assemble(items: Items, top_dir: Path, child: Locator) -> tuple[dict, Origin
             for part in key[:-1]:
                 parent = parent.setdefault(part, {})
             parent[key[-1]] = value
-        _copy_origins(item, dst, origins)
+        _copy_origins(item, dst, origins, by_prefix)
         for n in range(1, len(dst)):  # the mappings on the way: the child's line where it has one
             prefix = dst[:n]
             if prefix not in origins:
@@ -405,10 +506,20 @@ def _keep_edge_name(edge: dict, key: str, index: int, names: set[str]) -> dict:
     return edge
 
 
-def _copy_origins(item: Item, dst: Path_, origins: Origins) -> None:
+def _copy_origins(item: Item, dst: Path_, origins: Origins, by_prefix: dict[int, dict]) -> None:
     n = len(item.src)
-    for path, origin in item.where.origins.items():
-        if path[:n] == item.src:
-            origins[dst + path[n:]] = origin
+    for path, origin in _origins_under(item.where, by_prefix).get(item.src, ()):
+        origins[dst + path[n:]] = origin
     if dst not in origins:
         origins[dst] = item.where.where(item.src)
+
+
+def _origins_under(where: Locator, cache: dict[int, dict]) -> dict[Path_, list]:
+    """A file's origins grouped under every prefix of their paths, built once per file (not once per item)."""
+    if id(where) not in cache:
+        grouped: dict[Path_, list] = {}
+        for path, origin in where.origins.items():
+            for n in range(len(path) + 1):
+                grouped.setdefault(path[:n], []).append((path, origin))
+        cache[id(where)] = grouped
+    return cache[id(where)]

@@ -101,6 +101,9 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
         if not path:
             problems.append(Problem("", f"{where} names no key", file="<command line>", kind="override"))
             continue
+        if len(path) > yaml12.MAX_DEPTH:  # `++a.a.a...=1` would nest the document past the reader's bound
+            problems.append(_override_problem((), f"{where} is deeper than {yaml12.MAX_DEPTH} levels"))
+            continue
         try:
             value = yaml12.parse_value(raw) if raw is not None else None
         except (yaml.YAMLError, SpecError):
@@ -108,6 +111,10 @@ def apply_overrides(doc: dict, overrides: list[str], locator: Locator) -> list[P
             continue
         if path == ("preset",) and mode == "set":  # `--preset NAME`: a whole small-run rewrite, see presets.py
             problems += apply_named_preset(doc, value, locator.default_file)
+            continue
+        bad_index = _index_problem(doc, path, mode, where)
+        if bad_index is not None:
+            problems.append(bad_index)
             continue
         parent: Any = doc
         ok = True
@@ -190,9 +197,26 @@ def _child(parent: Any, part: Any) -> Any:
     return _MISSING
 
 
+def _index_problem(doc: dict, path: Path_, mode: str, where: str) -> Problem | None:
+    """An index of ``path`` that is negative or beyond its list (appending at the end is +/++ only)."""
+    node: Any = doc
+    for i, part in enumerate(path):
+        if isinstance(node, list) and isinstance(part, int):
+            appends = i == len(path) - 1 and mode in ("add", "force") and part == len(node)
+            if part < 0 or (part >= len(node) and not appends):
+                what = f"index {part} is negative" if part < 0 else "no such key"  # the latter: tests/bad_graphs/36
+                return _override_problem(path[: i + 1], f"{where}: {what}", _key_hint(node, part))
+        node = _child(node, part)
+        if node is _MISSING:
+            return None  # a missing key: the walk below says which
+    return None
+
+
 def _key_hint(parent: Any, part: Any) -> str | None:
     if isinstance(parent, dict):
         return did_you_mean(str(part), [str(k) for k in parent])
+    if isinstance(parent, list) and not parent:
+        return "the list is empty; +key appends at index 0"
     if isinstance(parent, list):
         return f"the list has {len(parent)} items, indices 0..{len(parent) - 1}; +key appends at index {len(parent)}"
     return None
