@@ -59,6 +59,7 @@ WRITE_MODES = set("wax")
 # Permanent: sites that read no file a user can name, each with why.
 ALLOWED = {
     ("kdgraph/spec/schema.py", "schema", ".read_text"): "schemas/graph.schema.json inside the package",
+    ("kdgraph/presets.py", "preset_schema", ".read_text"): "schemas/preset.schema.json inside the package",
     ("kdgraph/safe_load.py", "_load_stream", "torch.load"): "a stream load_weights got from files.open_bounded",
     ("kdgraph/run_guard.py", "run_lock", "os.open"): "the run folder itself, O_RDONLY for flock: nothing is read",
     ("kdgraph/checkpoint.py", "_fsync_dir", "os.open"): "a folder, O_RDONLY for fsync: nothing is read",
