@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import pickle
+import queue
 import re
 import shutil
 import struct
@@ -199,7 +200,7 @@ def image_folder(bad: bytes | None = None, bad_name: str = "bad.png") -> Callabl
     return make
 
 
-IMAGES = "{dataset: imagefolder, root: data, image_size: 8, batch_size: 4}"
+IMAGES = "{dataset: imagefolder, root: data, image_size: 8, batch_size: 4, loader: torchvision}"
 
 
 def cifar(**damage: object) -> Callable[[Path, Path], None]:
@@ -351,14 +352,17 @@ def other_run_checkpoints(work: Path, outside: Path) -> None:
 
 
 def user_out_folder(*names: str) -> Callable[[Path, Path], None]:
-    """work/out holds files of the user's own (their bytes are checked afterwards via the sentinel hash)."""
+    """work/out: a finished kdgraph run (when the case has one) plus files of the user's own, hashed for the check."""
 
     def make(work: Path, outside: Path) -> None:
+        if (work / "run").is_dir():
+            (work / "run").rename(work / "out")
         for name in names:
             p = work / "out" / name
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(f"the user's {name}\n")
-        (outside / "out_hashes.json").write_text(json.dumps(hashes(work / "out")))
+        kept = {n: hashlib.sha256((work / "out" / n).read_bytes()).hexdigest() for n in names}
+        (outside / "out_hashes.json").write_text(json.dumps(kept))
 
     return make
 
@@ -748,6 +752,8 @@ def corpus() -> list[Case]:
                 files={"g.yaml": graph()},
                 setup=user_out_folder(*files),
                 expect="any",
+                where="out",
+                needs_run=True,
             )
         )
         CHECKS[name] = out_kept
@@ -770,6 +776,8 @@ def corpus() -> list[Case]:
             files={"g.yaml": graph()},
             setup=chain(user_out_folder("notes.txt"), link("out/checkpoints", "OUT/checkpoints")),
             expect="any",
+            where="out",
+            needs_run=True,
         )
     )
     cases.append(
@@ -780,6 +788,8 @@ def corpus() -> list[Case]:
             files={"g.yaml": graph()},
             setup=chain(user_out_folder("notes.txt"), link("out/final.pt", "OUT/final.pt")),
             expect="any",
+            where="out",
+            needs_run=True,
         )
     )
     cases.append(
@@ -790,6 +800,7 @@ def corpus() -> list[Case]:
             files={"g.yaml": graph()},
             setup=link("out", "OUT"),
             expect="any",
+            where="out",
         )
     )
     cases.append(
@@ -799,6 +810,7 @@ def corpus() -> list[Case]:
             ["run", "g.yaml", "--out", ".", "--force", "-q"],
             files={"g.yaml": graph(), "mine.txt": "the user's"},
             expect="any",
+            where=r"^\.|\. is",
         )
     )
     CHECKS["force_out_is_cwd"] = lambda w, o: (
@@ -898,6 +910,7 @@ def corpus() -> list[Case]:
             needs_run=True,
             setup=fifo(rel),
             where=r"run",
+            expect="any",
         )
     add("fifo_cifar_batch", "hang", R, files={"g.yaml": RUNG}, setup=cifar(**{cif: "fifo"}), where=cif)
     add(
@@ -1187,6 +1200,78 @@ def corpus() -> list[Case]:
 CHECKS: dict[str, Callable[[Path, Path], str | None]] = {}
 
 
+# A warm process per worker: the heavy third-party imports once, then one fork per case. A forked child is a
+# process of its own (its cwd, environment, output, exit status), started in milliseconds instead of the
+# seconds a cold `python -m kdgraph` spends importing torch on a shared machine. kdgraph itself is imported
+# by each child (kdgraph.cli only is preloaded, which imports no torch), so no registry or cache is shared.
+SERVER = r"""
+import json, os, signal, sys, time, traceback
+import numpy, torch, torchvision, yaml, PIL.Image  # noqa: F401 - the slow imports, done once
+import kdgraph.cli  # noqa: F401
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(req["cwd"])
+            os.environ.clear()
+            os.environ.update(req["env"])
+            for fd, path in ((0, os.devnull), (1, req["out"]), (2, req["err"])):
+                target = os.open(path, os.O_RDONLY if fd == 0 else os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(target, fd)
+            sys.stdin, sys.stdout, sys.stderr = open(0), open(1, "w"), open(2, "w")
+            sys.argv = ["kdgraph", *req["argv"]]
+            try:
+                code = kdgraph.cli.main(req["argv"])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+        finally:
+            try:
+                sys.stdout.flush(); sys.stderr.flush()
+            finally:
+                os._exit(code if isinstance(code, int) else 1)
+    start, rc = time.monotonic(), None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            rc = os.waitstatus_to_exitcode(status)
+            break
+        if time.monotonic() - start > req["timeout"]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.01)
+    print(json.dumps({"rc": rc, "seconds": time.monotonic() - start}), flush=True)
+"""
+
+
+class Server:
+    """One warm interpreter of the checkout under test; `run` forks a child per case."""
+
+    def __init__(self, repo: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def run(self, argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int | None, str, str]:
+        out, err = cwd.parent / "stdout.txt", cwd.parent / "stderr.txt"
+        req = {"argv": argv, "cwd": str(cwd), "env": env, "out": str(out), "err": str(err), "timeout": timeout}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        read = lambda p: p.read_text(errors="replace") if p.exists() else ""  # noqa: E731
+        return reply["rc"], read(out), read(err)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 # ---- running -------------------------------------------------------------------------------------------------
 
 
@@ -1255,13 +1340,17 @@ def classify(case: Case, rc: int | None, out: str, err: str, touched: list[str],
     return "clean", first[:160]
 
 
-def run_case(case: Case, repo: Path, template: Path | None, root: Path, timeout: float) -> tuple[Case, str, str, float]:
+def run_case(
+    case: Case, server: Server, repo: Path, template: Path | None, root: Path, timeout: float
+) -> tuple[Case, str, str, float]:
     case_dir = Path(tempfile.mkdtemp(prefix=f"{case.name}-", dir=root))
     work = case_dir / "work"
     work.mkdir()
     outside = make_outside(case_dir)
-    if case.needs_run and template is not None:
-        shutil.copytree(template, work / "run", symlinks=True)
+    if template is not None:
+        if case.needs_run:
+            shutil.copytree(template, work / "run", symlinks=True)
+        # the catalogues a first command writes, so that each case does not rebuild them
         shutil.copytree(template.parent / "cache", work / "cache", symlinks=True, dirs_exist_ok=True)
     for rel, content in case.files.items():
         p = work / rel
@@ -1284,20 +1373,7 @@ def run_case(case: Case, repo: Path, template: Path | None, root: Path, timeout:
     }
     env.pop("KDGRAPH_DEBUG", None)
     start = time.monotonic()
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "kdgraph", *case.argv],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=case.timeout or timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        rc, out, err = done.returncode, done.stdout, done.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, out, err = None, str(e.stdout or ""), str(e.stderr or "")
+    rc, out, err = server.run(case.argv, work, env, case.timeout or timeout)
     seconds = time.monotonic() - start
     touched = [k for k, v in snapshot(outside).items() if before.get(k) != v]
     touched += [k for k in before if not (outside / k).exists() and not (outside / k).is_symlink()]
@@ -1337,15 +1413,28 @@ def main() -> int:
             "HOME": str(root / "home"),
             "OMP_NUM_THREADS": "1",
         }
-        template = base_run(repo, root, env) if any(c.needs_run for c in cases) else None
+        template = base_run(repo, root, env)
         (root / "base" / "cache").mkdir(parents=True, exist_ok=True)
         counts = {c: dict.fromkeys(STATUSES, 0) for c in CATEGORIES}
+        servers: queue.Queue[Server] = queue.Queue()
+        for _ in range(max(1, args.jobs)):
+            servers.put(Server(repo))
+
+        def one(case: Case) -> tuple[Case, str, str, float]:
+            server = servers.get()
+            try:
+                return run_case(case, server, repo, template, root, args.timeout)
+            finally:
+                servers.put(server)
+
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            futures = [pool.submit(run_case, c, repo, template, root, args.timeout) for c in cases]
+            futures = [pool.submit(one, c) for c in cases]
             for f in futures:
                 case, status, why, seconds = f.result()
                 counts[case.category][status] += 1
                 print(f"{status:12} {case.category:6} {case.name:40} {seconds:5.1f}s  {why}", flush=True)
+        while not servers.empty():
+            servers.get().close()
     print(f"\n{'category':10}" + "".join(f"{s:>14}" for s in STATUSES) + f"{'total':>8}")
     totals = dict.fromkeys(STATUSES, 0)
     for cat in CATEGORIES:

@@ -105,7 +105,7 @@ def _run(ws: Path, graph: str) -> None:
     assert not touched, f"files outside the run folder changed: {touched}\n{outcome.describe()}"
 
 
-@fuzz_settings(20)
+@fuzz_settings(8)
 @given(data=st.data())
 def test_image_folders(ws: Path, data: st.DataObject) -> None:
     root = ws / "work" / "data"
@@ -205,7 +205,7 @@ def _batch(data: st.DataObject, sentinel: Path, name: str) -> bytes:
     return blob
 
 
-@fuzz_settings(20)
+@fuzz_settings(8)
 @given(data=st.data())
 def test_cifar_pickles(ws: Path, data: st.DataObject) -> None:
     where = ws / "work" / "data" / "cifar-10-batches-py"

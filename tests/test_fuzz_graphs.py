@@ -181,7 +181,7 @@ def _validate(ws: Path, name: str, *extra: str, dry: bool = True) -> None:
     assert not changed(before, snapshot(ws / "sentinel")), f"files outside the workspace changed: {argv}"
 
 
-@fuzz_settings(40)
+@fuzz_settings(20)
 @given(data=st.data())
 def test_hostile_values_in_the_tiny_graph(ws: Path, data: st.DataObject) -> None:
     """Dry run included: a value the schema lets through must still fail cleanly (or run) on real tensors."""
@@ -190,7 +190,7 @@ def test_hostile_values_in_the_tiny_graph(ws: Path, data: st.DataObject) -> None
     _validate(ws, "fuzzed.yaml")
 
 
-@fuzz_settings(40)
+@fuzz_settings(20)
 @given(data=st.data())
 def test_hostile_values_in_every_method(ws: Path, data: st.DataObject) -> None:
     """The methods under graphs/ (stages, views, schedules, init.from), without the dry run (zoo nets are big)."""
@@ -229,7 +229,7 @@ DAMAGE = [
 ]
 
 
-@fuzz_settings(40)
+@fuzz_settings(20)
 @given(data=st.data())
 def test_damaged_text(ws: Path, data: st.DataObject) -> None:
     """Characters inserted, dropped or doubled anywhere in a method's text."""
@@ -248,7 +248,7 @@ def _tiny_child(parents: list[str], var: int) -> str:
     return f"extends: {parents}\nvars: {{k{var}: {var}}}\n"
 
 
-@fuzz_settings(25)
+@fuzz_settings(12)
 @given(
     layers=st.integers(1, 40),
     width=st.integers(1, 3),
@@ -278,7 +278,7 @@ def test_extends_chains_diamonds_and_cycles(ws: Path, layers: int, width: int, c
     _validate(ws, "ext/top.yaml", dry=False)
 
 
-@fuzz_settings(25)
+@fuzz_settings(12)
 @given(
     n=st.integers(1, 2000),
     shape=st.sampled_from(["chain", "chain_typo", "cycle", "self", "fan", "deep_expr"]),
@@ -336,7 +336,7 @@ def override_keys() -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(paths), st.sampled_from(odd), st.text(max_size=12))
 
 
-@fuzz_settings(40)
+@fuzz_settings(25)
 @given(data=st.data())
 def test_hostile_overrides(ws: Path, data: st.DataObject) -> None:
     """key=value, +key=value, ++key=value and ~key with hostile keys, indices and values."""
@@ -354,7 +354,7 @@ def test_hostile_overrides(ws: Path, data: st.DataObject) -> None:
 PRESET_KEYS = ["kdgraph_preset", "title", "nets", "data", "train", "stage_epochs", "vars", "graphs"]
 
 
-@fuzz_settings(30)
+@fuzz_settings(12)
 @given(data=st.data())
 def test_hostile_presets(ws: Path, data: st.DataObject) -> None:
     """A preset file (`--preset file.yaml`) built from the preset grammar with hostile values and keys."""
@@ -368,7 +368,7 @@ def test_hostile_presets(ws: Path, data: st.DataObject) -> None:
     _validate(ws, graph, "--preset", "graphs/_preset.yaml", dry=False)
 
 
-@fuzz_settings(25)
+@fuzz_settings(10)
 @given(data=st.data())
 def test_hostile_pairs(ws: Path, data: st.DataObject) -> None:
     """A `pairs:` table with hostile entries, through `list pairs` and `validate --pair`."""
@@ -386,3 +386,17 @@ def test_hostile_pairs(ws: Path, data: st.DataObject) -> None:
     assert_clean(listed, need_line=True)
     _validate(ws, "graphs/_pairs.yaml", "--pair", name, dry=False)
     assert not changed(before, snapshot(ws / "sentinel"))
+
+
+def test_nesting_past_the_recursion_limit_names_its_line(ws: Path) -> None:
+    """Found by this tier: 3,000 nested lists exhaust the composer's recursion; the error still names the line."""
+    (ws / "work" / "deep.yaml").write_text("kdgraph: 1\nname: deep\nnotes: " + "[" * 3000 + "]" * 3000 + "\n")
+    outcome = run_cli(["validate", "deep.yaml"], ws / "work", env={"KDGRAPH_CACHE": str(ws / "cache")})
+    assert outcome.code == 2 and outcome.err.startswith("deep.yaml:3: YAML nested deeper than"), outcome.describe()
+
+
+def test_an_override_too_long_for_a_file_name_is_an_override(ws: Path) -> None:
+    """Found by this tier: a long override was probed as a file name, and the OSError was the message."""
+    value = "{a: " * 300 + "1" + "}" * 300
+    outcome = run_cli(["validate", "tiny.yaml", f"+train.progress={value}"], ws / "work")
+    assert outcome.code == 2 and outcome.err.startswith("<command line>: train.progress:"), outcome.describe()

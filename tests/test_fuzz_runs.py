@@ -142,10 +142,16 @@ def _damage_json(path: Path, data: st.DataObject, sentinel: Path) -> None:
 
 
 def _damage(run: Path, target: str, data: st.DataObject, sentinel: Path) -> None:
-    path = run / target if target != "CKPT" else max((run / "checkpoints").glob("step-*.pt"))
+    steps = sorted((run / "checkpoints").glob("step-*.pt")) if (run / "checkpoints").is_dir() else []
+    path = run / target if target != "CKPT" else (steps[-1] if steps else run / "checkpoints" / "step-0.pt")
+    if run.resolve() not in path.parent.resolve().parents and path.parent.resolve() != run.resolve():
+        return  # an earlier damage linked checkpoints/ out of the run: the fuzzer must not write there itself
     how = data.draw(
         st.sampled_from(["fifo", "directory", "link_out", "link_dev", "missing", "bytes", "content"]), label="how"
     )
+    regular = path.is_file() and not path.is_symlink()  # an earlier damage may have left a FIFO or a link out
+    if how in ("content", "bytes") and not regular:
+        how = "missing"
     if how == "content" and path.suffix in (".json", ".jsonl", "") and path.name != "checkpoints":
         _damage_json(path, data, sentinel)
         return
@@ -154,7 +160,7 @@ def _damage(run: Path, target: str, data: st.DataObject, sentinel: Path) -> None
 
         path.write_text(with_hostile_values(path.read_text(), data, hostile_tokens(sentinel)))
         return
-    if how == "bytes" and path.is_file():
+    if how == "bytes":
         _damage_bytes(path, data)
         return
     if path.is_dir():
@@ -178,7 +184,7 @@ def _damage(run: Path, target: str, data: st.DataObject, sentinel: Path) -> None
         path.symlink_to("/dev/zero" if target != "checkpoints" else "/dev")
 
 
-@fuzz_settings(60)
+@fuzz_settings(25)
 @given(data=st.data())
 def test_damaged_run_folders(ws: Path, data: st.DataObject) -> None:
     run = ws / "work" / "fuzzed_run"
