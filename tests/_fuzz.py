@@ -101,7 +101,11 @@ def run_cli(argv: list[str], cwd: Path, env: dict[str, str] | None = None, secon
     A fork isolates every example: a hang is killed, not interrupted in the middle of a lock, and a
     memory bound (RLIMIT_AS) or a changed working directory ends with the child.
     """
-    import kdgraph.cli  # noqa: F401 - imported once here, so every child starts warm
+    import numpy  # noqa: F401 - the slow imports once, here: every child starts warm, and the memory
+    import torch  # noqa: F401   bound counts what the command allocates, not torch's own mappings
+    import torchvision  # noqa: F401
+
+    import kdgraph.cli  # noqa: F401
 
     with tempfile.TemporaryDirectory(prefix="kdgraph-fuzz-") as tmp:
         out, err = Path(tmp) / "out", Path(tmp) / "err"

@@ -141,6 +141,11 @@ def _damage_json(path: Path, data: st.DataObject, sentinel: Path) -> None:
         path.write_text(text)
 
 
+def _regular(path: Path) -> bool:
+    """A plain file of the run's own (not a FIFO, a folder or a link an earlier damage left)."""
+    return path.is_file() and not path.is_symlink()
+
+
 def _damage(run: Path, target: str, data: st.DataObject, sentinel: Path) -> None:
     steps = sorted((run / "checkpoints").glob("step-*.pt")) if (run / "checkpoints").is_dir() else []
     path = run / target if target != "CKPT" else (steps[-1] if steps else run / "checkpoints" / "step-0.pt")
@@ -149,8 +154,7 @@ def _damage(run: Path, target: str, data: st.DataObject, sentinel: Path) -> None
     how = data.draw(
         st.sampled_from(["fifo", "directory", "link_out", "link_dev", "missing", "bytes", "content"]), label="how"
     )
-    regular = path.is_file() and not path.is_symlink()  # an earlier damage may have left a FIFO or a link out
-    if how in ("content", "bytes") and not regular:
+    if how in ("content", "bytes") and not _regular(path):
         how = "missing"
     if how == "content" and path.suffix in (".json", ".jsonl", "") and path.name != "checkpoints":
         _damage_json(path, data, sentinel)
@@ -194,11 +198,15 @@ def test_damaged_run_folders(ws: Path, data: st.DataObject) -> None:
         target = data.draw(st.sampled_from(RUN_FILES), label="file")
         _damage(run, target, data, ws / "sentinel")
     if data.draw(st.integers(0, 5), label="plugins") == 0:  # a run naming code: never imported from the run
-        info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
-        if isinstance(info, dict):
-            info["plugins"] = [str(ws / "sentinel" / "evil.py")]
-            (run / "run.json").write_text(json.dumps(info))
-        if (run / "spec.yaml").is_file() and not (run / "spec.yaml").is_symlink():
+        if _regular(run / "run.json"):
+            try:
+                info = json.loads((run / "run.json").read_text())
+            except ValueError:
+                info = None
+            if isinstance(info, dict):
+                info["plugins"] = [str(ws / "sentinel" / "evil.py")]
+                (run / "run.json").write_text(json.dumps(info))
+        if _regular(run / "spec.yaml"):
             with (run / "spec.yaml").open("a") as fh:
                 fh.write(f"\nplugins: [{ws / 'sentinel' / 'evil.py'}]\n")
     command = data.draw(st.sampled_from(sorted(COMMANDS)), label="command")
