@@ -117,7 +117,7 @@ def test_image_folders(ws: Path, data: st.DataObject) -> None:
             folder.mkdir(parents=True)
             for i in range(data.draw(st.integers(0, 3), label="good images")):
                 (folder / f"ok{i}.png").write_bytes(png(8, 40 * i + c))
-    for i in range(data.draw(st.integers(0, 2), label="bad images")):
+    for i in range(data.draw(st.integers(1, 2), label="bad images")):
         split = data.draw(st.sampled_from(["train", "val"]), label="split")
         c = data.draw(st.integers(0, classes - 1), label="class")
         suffix = data.draw(st.sampled_from([".png", ".jpg", ".JPEG", ".bmp"]), label="suffix")
