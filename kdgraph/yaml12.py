@@ -115,6 +115,8 @@ def parse_value(text: str) -> Any:
             return None
         _Walker("<command line>").walk(node, (), 0, ())
         return unshare(loader.construct_document(node))
+    except RecursionError:  # nested past Python's limit before the walker could count the depth
+        raise SpecError(Problem("", f"nested deeper than {MAX_DEPTH} levels", file="<command line>")) from None
     finally:
         loader.dispose()
 

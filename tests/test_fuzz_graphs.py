@@ -400,3 +400,9 @@ def test_an_override_too_long_for_a_file_name_is_an_override(ws: Path) -> None:
     value = "{a: " * 300 + "1" + "}" * 300
     outcome = run_cli(["validate", "tiny.yaml", f"+train.progress={value}"], ws / "work")
     assert outcome.code == 2 and outcome.err.startswith("<command line>: train.progress:"), outcome.describe()
+
+
+def test_an_override_nested_past_the_recursion_limit_is_one_line(ws: Path) -> None:
+    """Found by the hostile corpus: a value of 5,000 nested lists was a RecursionError (exit 1)."""
+    outcome = run_cli(["validate", "tiny.yaml", "train.epochs=" + "[" * 5000 + "]" * 5000], ws / "work")
+    assert outcome.code == 2 and outcome.err.startswith("<command line>: train.epochs:"), outcome.describe()
