@@ -406,3 +406,33 @@ def test_an_override_nested_past_the_recursion_limit_is_one_line(ws: Path) -> No
     """Found by the hostile corpus: a value of 5,000 nested lists was a RecursionError (exit 1)."""
     outcome = run_cli(["validate", "tiny.yaml", "train.epochs=" + "[" * 5000 + "]" * 5000], ws / "work")
     assert outcome.code == 2 and outcome.err.startswith("<command line>: train.epochs:"), outcome.describe()
+
+
+NUMBERS = [  # every number of the tiny graph that a range covers: (path, placeholder text in KD_CNN)
+    (("train", "optimizer", "lr"), "lr: 0.05"),
+    (("train", "optimizer", "momentum"), "momentum: 0.9"),
+    (("train", "optimizer", "weight_decay"), "weight_decay: 5.0e-4"),
+    (("train", "epochs"), "epochs: 3"),
+    (("data", "batch_size"), "batch_size: 8"),
+    (("edges", 1, "T"), "T: 4"),
+    (("edges", 1, "weight"), "weight: 0.9"),
+    (("edges", 0, "weight"), "weight: 0.1"),
+]
+NON_FINITE = [".nan", ".inf", "-.inf", "1e999", "-1e999", "'${1e308 * 10}'", "'${1e999 - 1e999}'"]
+
+
+@fuzz_settings(15)
+@given(where=st.sampled_from(NUMBERS), value=st.sampled_from(NON_FINITE), how=st.sampled_from(["file", "override"]))
+def test_non_finite_numbers_are_refused(ws: Path, where: tuple, value: str, how: str) -> None:
+    """Accepted nonsense is a finding too: NaN or inf at any ranged number is exit 2 with its line, never exit 0."""
+    path, text = where
+    key = text.split(":")[0]
+    if how == "file":
+        (ws / "work" / "nonfinite.yaml").write_text(KD_CNN.replace(text, f"{key}: {value}", 1))
+        argv = ["validate", "nonfinite.yaml"]
+    else:
+        dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
+        argv = ["validate", "tiny.yaml", f"{dotted}={value}"]
+    outcome = run_cli(argv, ws / "work", env={"KDGRAPH_CACHE": str(ws / "cache")})
+    assert outcome.code == 2, f"{argv} with {'.'.join(map(str, path))}: {value} was accepted\n{outcome.describe()}"
+    assert_clean(outcome, need_line=True)
