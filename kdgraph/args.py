@@ -14,10 +14,18 @@ def split_args(items: list[str]) -> tuple[list[str], list[str]]:
     """
     files, overrides = [], []
     for item in items:
-        looks_like_file = item.endswith((".yaml", ".yml")) or Path(item).exists() or "/" in item
+        looks_like_file = item.endswith((".yaml", ".yml")) or _exists(item) or "/" in item
         is_override = "=" in item or item.startswith(("~", "+")) or (files and not looks_like_file)
         (overrides if is_override else files).append(item)
     return files, overrides
+
+
+def _exists(item: str) -> bool:
+    """Whether the item names an existing path (a name too long for the file system names none)."""
+    try:
+        return Path(item).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:

@@ -122,8 +122,11 @@ def _parse(text: str, file: str) -> tuple[Any, dict[tuple, int], list[Problem]]:
         data = loader.construct_document(node)
     except yaml.YAMLError as e:
         raise _yaml_error(e, file, text) from None
-    except RecursionError:
-        raise SpecError(Problem("", f"YAML nested deeper than {MAX_DEPTH} levels", file=file)) from None
+    except RecursionError:  # the composer recursed past Python's limit: the reader's position is the line
+        line = loader.get_mark().line + 1
+        raise SpecError(
+            Problem("", f"YAML nested deeper than {MAX_DEPTH} levels", line, file, "flatten the structure")
+        ) from None
     finally:
         loader.dispose()
     return unshare(data), walker.lines, walker.problems
@@ -138,6 +141,8 @@ def parse_value(text: str) -> Any:
             return None
         _Walker("<command line>").walk(node, (), 0, ())
         return unshare(loader.construct_document(node))
+    except RecursionError:  # nested past Python's limit before the walker could count the depth
+        raise SpecError(Problem("", f"nested deeper than {MAX_DEPTH} levels", file="<command line>")) from None
     finally:
         loader.dispose()
 
