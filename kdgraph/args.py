@@ -32,3 +32,19 @@ def with_preset(args: argparse.Namespace, overrides: list[str]) -> list[str]:
     """`--preset NAME` is the override `preset=NAME` placed first, so the other overrides win (presets.py)."""
     preset = getattr(args, "preset", None)
     return ([f"preset={preset}"] if preset else []) + overrides
+
+
+def count(low: int, high: int = 10**9):
+    """An argparse type: an integer in [low, high] (a batch, a step count), else argparse's one-line error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {low} to {high:,}")
+        return value
+
+    parse.__name__ = "count"  # argparse names the type in its messages
+    return parse

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from . import report, sweep  # torch-free modules that declare their own commands
-from .args import split_args, with_preset
+from .args import count, split_args, with_preset
 from .errors import KDGraphError, SpecError
-from .last_resort import positive_int, unexpected_error_line
+from .last_resort import unexpected_error_line
 from .plugin_trust import add_options as plugin_options
 
 
@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         "RNG); takes no graph file, overrides or preset: they are read from RUN_DIR/run.json",
     )
     run.add_argument(
-        "--stop-after", type=positive_int, metavar="STEPS",
+        "--stop-after", type=count(1), metavar="STEPS",
         help="pause after STEPS optimizer steps in total (all stages), writing a checkpoint; exit 0; "
         "continue with --resume",
     )
@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                   epilog=OVERRIDES_HELP)
     pl.add_argument("items", nargs="+", metavar="GRAPH|key=value", help=GRAPH_ITEMS)
     pl.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
-    pl.add_argument("--batch", type=int, help="batch size of the memory estimate (default: data.batch_size)")
+    pl.add_argument("--batch", type=count(1), help="batch size of the memory estimate (default: data.batch_size)")
     pl.add_argument(
         "--no-memory", dest="memory", action="store_false", help="skip the memory estimate (a step on fake tensors)"
     )
@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the run's own data; required for a model.pt)")
     ev.add_argument("--root", metavar="DIR", help="where the dataset lives (as data.root; default $KDGRAPH_DATA, "
                     "else ./data)")
-    ev.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    ev.add_argument("--batch-size", type=count(1), default=256, help="images per forward pass (default 256)")
     plugin_options(ev, "the run or model.pt")
     ev.set_defaults(func=_lazy("evaluate", "cmd_eval"))
 
@@ -474,8 +474,8 @@ def _register_profile(sub: Any) -> None:
     """``kdgraph profile GRAPH`` (declared here: the profile module imports torch)."""
     p = sub.add_parser("profile", help="time per node, loss, backward and optimizer; memory; images/s")
     p.add_argument("items", nargs="+", metavar="GRAPH|key=value", help="graph file and overrides")
-    p.add_argument("--steps", type=int, default=10, help="timed steps of each kind (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--steps", type=count(1), default=10, help="timed steps of each kind (default 10)")
+    p.add_argument("--warmup", type=count(0), default=3, help="untimed steps first (default 3)")
     p.add_argument("--stage", help="the stage to profile (default: the last)")
     p.add_argument("--format", choices=["text", "markdown"], default="text", help="table format (default text)")
     p.add_argument("-o", "--output", help="write the table to this file")

@@ -6,7 +6,6 @@ A traceback is for whoever fixes the bug, not for whoever ran the command: it is
 
 from __future__ import annotations
 
-import argparse
 import traceback
 from pathlib import Path
 
@@ -34,14 +33,3 @@ def _where(e: BaseException) -> str:
     except ValueError:
         shown = path.name
     return f" (at {shown}:{frame.lineno} in {frame.name})"
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value

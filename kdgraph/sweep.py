@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .args import split_args
+from .args import count, split_args
 from .errors import RunError, SpecError
 from .run_files import JOB, read_sweep_manifest
 
@@ -412,13 +412,15 @@ def register_cli(sub: Any) -> None:
     """Add `kdgraph sweep` to the CLI."""
     p = sub.add_parser("sweep", help="run a graph over seeds and a grid of overrides (resumable)")
     p.add_argument("items", nargs="+", metavar="GRAPH|key=v|key=v1,v2", help="graph file, overrides, grid axes")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per variant: train.seed = the graph's seed + 0..N-1")
+    p.add_argument(
+        "--seeds", type=count(1, 10_000), default=1, help="seeds per variant: train.seed = the graph's seed + 0..N-1"
+    )
     p.add_argument("--out", help="sweep directory (default runs/<name>/sweep-<id of graph and grid>)")
     p.add_argument(
         "--launcher", choices=["local", "submitit"], default="local", help="local processes, or SLURM via submitit"
     )
     p.add_argument("--slurm-partition", help="submitit: the SLURM partition")
-    p.add_argument("--timeout-min", type=int, help="submitit: time limit of each run's job, minutes")
-    p.add_argument("--gpus-per-job", type=int, help="submitit: GPUs of each run's job (default 1)")
+    p.add_argument("--timeout-min", type=count(1), help="submitit: time limit of each run's job, minutes")
+    p.add_argument("--gpus-per-job", type=count(1, 1024), help="submitit: GPUs of each run's job (default 1)")
     p.add_argument("--cluster", choices=["slurm", "local", "debug"], help="submitit: executor (default: auto)")
     p.set_defaults(func=cmd_sweep)

@@ -188,3 +188,26 @@ def test_an_op_parameter_is_typed_and_bounded(tmp_path: Path) -> None:
 def test_counts_of_the_run_are_bounded(tmp_path: Path, override: str, bound: str) -> None:
     """Below 2**53 but no count a run means: a bound in the schema, located like any range."""
     one_error(*validate(tmp_path, override), f"<command line>: {override.split('=')[0]}:", f"at most {bound}")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "x.pt", "--batch-size", "0"],
+        ["profile", "g.yaml", "--steps", "0"],
+        ["profile", "g.yaml", "--warmup", "-1"],
+        ["plan", "g.yaml", "--batch", "-3"],
+        ["run", "g.yaml", "--stop-after", "0"],
+        ["sweep", "g.yaml", "--seeds", "0"],
+        ["plan", "g.yaml", "--batch", "1e3"],
+    ],
+)
+def test_command_line_counts_are_checked_before_any_work(argv: list[str], capsys) -> None:
+    """Every integer option of the command line is one type with a range (kdgraph/args.py: count)."""
+    from kdgraph.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert f"argument {argv[2]}:" in err and ("out of range" in err or "not a whole number" in err), err
