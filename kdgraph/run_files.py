@@ -190,8 +190,8 @@ def read_run_spec(run_dir: Path) -> RunSpec | None:
         doc, lines, _ = yaml12.parse(read_text(path, RUN_FILE, within=run_dir), str(path))
     except SpecError as e:  # not YAML, or beyond yaml12's bounds: its line names the file and line
         raise RunError(f"{e.lines()[0]}; not a file kdgraph wrote") from None
-    if doc is None:
-        doc = {}
+    if doc is None or doc == {}:  # kdgraph never writes an empty spec: a truncated or emptied copy
+        raise _refuse(path, "", "the file is empty")
     if not isinstance(doc, dict):
         raise _refuse(path, "", f"the file is {_type_name(doc)}, not a mapping")
 

@@ -127,7 +127,7 @@ def check_run_folder(run_dir: Path) -> None:
         entry = run_dir / name
         if entry.is_symlink():
             raise RunError(
-                f"{entry} is a symbolic link (to {os.readlink(entry)}); kdgraph writes only real files inside "
+                f"{entry}: a symbolic link (to {os.readlink(entry)}); kdgraph writes only real files inside "
                 f"{run_dir} and never through a link, so another run's files are not touched. Remove the link, "
                 "or start a new run with another --out"
             )

@@ -439,6 +439,8 @@ def test_a_torn_last_metrics_line_is_skipped(graph: Path, tmp_path: Path) -> Non
     [
         ("a: [1, 2\n", "not a file kdgraph wrote"),
         ("- 1\n- 2\n", "spec.yaml: the file is a list, not a mapping"),
+        ("", "spec.yaml: the file is empty"),
+        ("# only a comment\n", "spec.yaml: the file is empty"),
         (
             "name: reader\npublished: {top1: high, pair: mlp}\n",
             "2: 'published.top1' is a string, not a number",
