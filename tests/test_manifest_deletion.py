@@ -151,7 +151,7 @@ def test_resume_through_a_linked_checkpoints_folder_leaves_the_other_run_alone(g
     (run / "checkpoints").symlink_to(other / "checkpoints")
     code, _, err = cli("run", "--resume", str(run))
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith(f"{run / 'checkpoints'} : a symbolic link")
+    assert err.startswith(f"{run / 'checkpoints'}: a symbolic link")
     assert tree(other) == before
 
 
