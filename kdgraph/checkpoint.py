@@ -22,7 +22,7 @@ import torch
 
 from .checkpoint_fallback import NAME_RE, checkpoint_name, load_newest_intact, read_pointer
 from .errors import CheckpointError, RunError
-from .manifest import Manifest
+from .manifest import Manifest, fsync_dir
 
 
 def atomic_write_bytes(path: Path, blob: bytes, root: Path | None = None, grows: bool = False) -> None:
@@ -44,23 +44,10 @@ def atomic_write_bytes(path: Path, blob: bytes, root: Path | None = None, grows:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise RunError(f"could not write {path} ({e.strerror or e}); the previous checkpoint is kept") from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any], step: int, root: Path | None = None, log: Any = None) -> Path:

@@ -285,7 +285,7 @@ class Manifest:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError:
             if tmp_rel in data["files"]:
                 tmp.unlink(missing_ok=True)
@@ -412,7 +412,8 @@ class Manifest:
         return found
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """A folder's entries made durable (after a rename into it); best effort where folders cannot be synced."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -27,6 +27,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, Phase, settings
 
@@ -188,3 +189,15 @@ def changed(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
     """Entries added, removed or modified between two snapshots."""
     keys = set(before) | set(after)
     return sorted(k for k in keys if before.get(k) != after.get(k))
+
+
+def value_paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every path to a value inside a document."""
+    out = [prefix] if prefix else []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += value_paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += value_paths(v, (*prefix, i))
+    return out

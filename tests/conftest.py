@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -40,6 +42,16 @@ SMOKE = [
     "++train.limit_eval_batches=1",
     "++train.progress=false",
 ]
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `kdgraph ...` in this process."""
+    from kdgraph.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
 
 
 def records(run_dir: Path) -> list[dict]:

@@ -22,24 +22,14 @@ from hypothesis import strategies as st
 from kdgraph.check import check_graph
 from kdgraph.errors import KDGraphError
 
+from ._fuzz import value_paths
+
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = sorted(p for p in (REPO / "graphs").rglob("*.yaml") if p.parent.name != "presets") + [
     REPO / "tests" / "bad_graphs" / "32_override_unknown_key.yaml"
 ]
 NAMES = ["student.logits", "teacher.feat2", "data.label", "data.image", "cnn", "mlp", "kd", "ce", "mse", "mix"]
 ODD_TEXT = ["${", "${x}", "${1/0}", "${alpha * 2}", "}", "~", "+", "=", ".", "[0]", "nodes..x", "-1"]
-
-
-def _paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
-    """Every path to a value inside a document."""
-    out = [prefix] if prefix else []
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out += _paths(v, (*prefix, i))
-    return out
 
 
 def _parent(doc: Any, path: tuple) -> Any:
@@ -76,7 +66,7 @@ values = st.one_of(
 
 def mutate(doc: dict, data: st.DataObject) -> None:
     """One change of the kind a person makes: delete, retype, misspell a value or a key, add a key."""
-    paths = _paths(doc)
+    paths = value_paths(doc)
     if not paths:
         return
     path = data.draw(st.sampled_from(paths))
@@ -103,7 +93,7 @@ def override_strings(doc: dict, data: st.DataObject) -> list[str]:
         if data.draw(st.booleans()):
             out.append(data.draw(st.text(max_size=16)))
             continue
-        path = data.draw(st.sampled_from(_paths(doc) or [("name",)]))
+        path = data.draw(st.sampled_from(value_paths(doc) or [("name",)]))
         key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
         if data.draw(st.booleans()):
             key = _misspell(key, data)

@@ -21,7 +21,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ._fuzz import assert_clean, changed, fuzz_settings, make_sentinel, run_cli, snapshot
+from ._fuzz import assert_clean, changed, fuzz_settings, make_sentinel, run_cli, snapshot, value_paths
 from .conftest import KD_CNN
 
 pytestmark = pytest.mark.fuzz
@@ -127,17 +127,6 @@ def hostile_tokens(sentinel: Path) -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(fixed), nested, nested_maps, numbers)
 
 
-def _paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
-    out = [prefix] if prefix else []
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
 def _set(doc: Any, path: tuple, value: Any) -> None:
     for part in path[:-1]:
         doc = doc[part]
@@ -149,7 +138,7 @@ def with_hostile_values(text: str, data: st.DataObject, tokens: st.SearchStrateg
     doc = yaml.safe_load(text)
     raw: dict[str, str] = {}
     for i in range(data.draw(st.integers(1, 3), label="how many values")):
-        paths = _paths(doc)
+        paths = value_paths(doc)
         if not paths:
             break
         path = data.draw(st.sampled_from(paths), label="where")
@@ -307,7 +296,7 @@ def test_vars_chains(ws: Path, n: int, shape: str, use_as: str) -> None:
 
 
 def override_keys() -> st.SearchStrategy[str]:
-    paths = [".".join(str(p) for p in path) for path in _paths(yaml.safe_load(KD_CNN))]
+    paths = [".".join(str(p) for p in path) for path in value_paths(yaml.safe_load(KD_CNN))]
     paths = [p.replace(".0", "[0]").replace(".1", "[1]") for p in paths]
     odd = [
         "edges[99].weight",
@@ -376,7 +365,7 @@ def test_hostile_pairs(ws: Path, data: st.DataObject) -> None:
     pairs = doc["pairs"]
     name = data.draw(st.sampled_from(sorted(pairs)), label="pair")
     placeholder = "__PAIR__"
-    path = data.draw(st.sampled_from([(name, *p) for p in _paths(pairs[name])] + [(name,)]), label="where")
+    path = data.draw(st.sampled_from([(name, *p) for p in value_paths(pairs[name])] + [(name,)]), label="where")
     _set(pairs, path, placeholder)
     text = yaml.safe_dump(doc, sort_keys=False, width=1 << 20)
     text = text.replace(placeholder, data.draw(hostile_tokens(ws / "sentinel"), label="value"))

@@ -7,7 +7,6 @@ list is never loaded; a folder from before manifests is named, never deleted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -18,6 +17,8 @@ import pytest
 import torch
 
 from kdgraph.cache import cache_root
+
+from .conftest import cli
 
 GRAPH = """\
 kdgraph: 1
@@ -47,16 +48,6 @@ def graph(tmp_path: Path) -> Path:
     path = tmp_path / "owned.yaml"
     path.write_text(GRAPH)
     return path
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `kdgraph ...` in this process."""
-    from kdgraph.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 def tree(folder: Path) -> dict[str, bytes]:

@@ -62,8 +62,7 @@ ALLOWED = {
     ("kdgraph/presets.py", "preset_schema", ".read_text"): "schemas/preset.schema.json inside the package",
     ("kdgraph/safe_load.py", "_load_stream", "torch.load"): "a stream load_weights got from files.open_bounded",
     ("kdgraph/run_guard.py", "run_lock", "os.open"): "the run folder itself, O_RDONLY for flock: nothing is read",
-    ("kdgraph/checkpoint.py", "_fsync_dir", "os.open"): "a folder, O_RDONLY for fsync: nothing is read",
-    ("kdgraph/manifest.py", "_fsync_dir", "os.open"): "a folder, O_RDONLY for fsync: nothing is read",
+    ("kdgraph/manifest.py", "fsync_dir", "os.open"): "a folder, O_RDONLY for fsync: nothing is read",
     ("kdgraph/manifest.py", "_nofollow", "os.open"): "the opener of files kdgraph writes (O_NOFOLLOW)",
 }
 # TEMPORARY: read sites other helpers of issue 23 route through files.py on their branches (`datasets`:

@@ -28,6 +28,8 @@ from kdgraph.checkpoint import load_latest
 from kdgraph.errors import CheckpointError, DataError
 from kdgraph.safe_pickle import UnsafePickleError, loads_data
 
+from .conftest import cli
+
 REPO = Path(__file__).resolve().parent.parent
 # 4 batches an epoch, a checkpoint every 2 steps, dropout: the RNG state matters on resume
 GRAPH = """\
@@ -68,16 +70,6 @@ def graph(tmp_path: Path) -> Path:
     path = tmp_path / "hostile.yaml"
     path.write_text(GRAPH)
     return path
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `kdgraph ...` in this process."""
-    from kdgraph.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 def _limits() -> None:
