@@ -74,6 +74,9 @@ class Param:
             for v in ends:  # a malformed schedule is reported by the schedule check
                 if _is_number(v) and (bad := self._range(v)) is not None:
                     return f"schedule value {bad}"
+            if ("until" in value or "from" in value) and (bad := self._range(0.0)) is not None:
+                # kdgraph/schedule.py: a windowed value is 0 outside its window (T = 0 divides by zero there)
+                return f"{bad} outside the schedule's until/from window (a windowed schedule is 0 there)"
             return None
         if self.type == "port":
             return f"expected a port (node.port), not {value!r}"

@@ -17,7 +17,8 @@ from kdgraph import checkpoint as ckpt
 from kdgraph.checkpoint import load_latest, save_checkpoint
 from kdgraph.errors import CheckpointError, RunError
 
-# 4 batches an epoch; from epoch 2 on the KD temperature is 0, so the KD loss is NaN from step 5 on
+# 4 batches an epoch; the KD temperature is 4 in epoch 1 and 1e-300 from epoch 2 on (a positive value, so validate
+# accepts it; the logits / T overflow), so the KD loss is NaN from step 5 on
 GRAPH = """\
 kdgraph: 1
 name: faulty
@@ -27,7 +28,7 @@ nodes:
   student: {net: mlp, hidden: [8], dropout: 0.2}
 edges:
   - {loss: ce, from: data.label, to: student.logits, weight: 0.5}
-  - {loss: kd, from: teacher.logits, to: student.logits, weight: 0.5, T: {value: 4, until: 1}}
+  - {loss: kd, from: teacher.logits, to: student.logits, weight: 0.5, T: {linear: [8, 1.0e-300], epochs: 2}}
 train:
   epochs: 3
   checkpoint_every: 3

@@ -87,6 +87,15 @@ def test_temperature_schedule_is_checked_at_its_ends(tmp_path: Path) -> None:
     assert validate(tmp_path, T="{value: 4, warmup: 2}") == (0, "")
 
 
+@pytest.mark.parametrize("T", ["{value: 4, until: 1}", "{value: 4, from: 2}"])
+def test_a_windowed_temperature_is_zero_outside_its_window(tmp_path: Path, T: str) -> None:
+    """`until`/`from` make the value 0 outside the window (kdgraph/schedule.py): T = 0 there divides by zero."""
+    code, err = validate(tmp_path, T=T)
+    one_error(code, err, f"{tmp_path}/g.yaml:10: edges[1].T:", "outside the schedule's until/from window")
+    # a weight may be 0 (ESKD drops its KD term after `until`): the same schedule on a weight is accepted
+    assert validate(tmp_path, "+edges[1].weight={value: 0.5, until: 1}") == (0, "")
+
+
 def test_a_learned_temperature_port_is_left_to_run_time(tmp_path: Path) -> None:
     code, err = validate(tmp_path, T="teacher.logits")  # a port: accepted here (its shape is the loss's)
     assert "must be" not in err, err
