@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .catalog import plugin_records
 from .errors import Problem, SpecError
 from .fingerprint import dataset_fingerprint, digest, file_identity
 from .spec import GraphSpec, Locator, apply_overrides, load_document, load_spec
@@ -86,7 +87,9 @@ def load_dependency(
 
 
 def entry_key(spec: GraphSpec, caller: list[str] | tuple[str, ...] = (), _stack: tuple[Path, ...] = ()) -> str:
-    """The cache key of a dependency's trained result: everything that decides what training it yields."""
+    """The cache key of a dependency's trained result: everything that decides what training it yields
+    (its resolved spec, its whole dataset's fingerprint, its checkpoint files, its own dependencies' keys and
+    the SHA-256 of each plugin file it imports)."""
     inits = []
     here = (spec.source.resolve(),) if spec.source else ()
     for path, init in _all_init_actions(spec):
@@ -96,7 +99,11 @@ def entry_key(spec: GraphSpec, caller: list[str] | tuple[str, ...] = (), _stack:
         elif "from" in init and (spec.base_dir / str(init["from"])).resolve() not in (*_stack, *here):
             _, child = load_dependency(spec, init, path, caller)
             inits.append([list(path), "from", entry_key(child, caller, (*_stack, *here))])
+    # the plugin code it runs: an edited plugin file trains a new entry instead of meeting the old one's refusal
+    plugins = sorted((r["name"], r.get("sha256") or "") for r in plugin_records(spec.doc.get("plugins"), spec.base_dir))
     facts = {"spec": spec.hash(), "data": dataset_fingerprint(spec.data, spec.base_dir), "inits": inits}
+    if plugins:  # absent otherwise: the keys of graphs without plugins stay as they were
+        facts["plugins"] = plugins
     return digest(facts)[:20]
 
 

@@ -271,3 +271,22 @@ def test_a_trusted_file_whose_hash_changed_is_reported(made, sentinel, tmp_path,
         load_exported(moved, trust_plugins=True)
     assert sentinel.exists()
     assert f"has SHA-256 {sha(made['other'])}" in caplog.text and f"recorded {sha(made['plugin'])}" in caplog.text
+
+
+def test_an_edited_plugin_file_is_another_cache_entry(made, sentinel, tmp_path) -> None:
+    """The dependency cache key holds each plugin file's SHA-256 (deps.entry_key): an edited plugin trains a
+    new teacher entry instead of meeting the old entry's refusal."""
+    from kdgraph.deps import entry_key
+    from kdgraph.spec import load_spec
+
+    teacher = tmp_path / "teacher.yaml"
+    teacher.write_text(GRAPH)
+    plugin = tmp_path / "sentinel_op.py"
+    shutil.copy(made["plugin"], plugin)
+    before = entry_key(load_spec(teacher), [])
+    forget_plugins()
+    plugin.write_text(plugin.read_text() + "\n# edited\n")
+    after = entry_key(load_spec(teacher), [])
+    forget_plugins()
+    assert before != after
+    assert entry_key(load_spec(teacher), []) == after  # the same files: the same key
