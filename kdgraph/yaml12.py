@@ -56,6 +56,26 @@ Loader.yaml_implicit_resolvers = {
 Loader.add_implicit_resolver("tag:yaml.org,2002:bool", BOOL_12, list("tTfF"))
 Loader.add_implicit_resolver(INT_TAG, INT_12, list("-+0123456789"))  # before floats: FLOAT_12 matches 10 too
 Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_12, list("-+0123456789."))
+# YAML 1.1's other types are no values of a graph file (a set, bytes or a date reaches no setting and
+# no JSON dump): YAML 1.2's core schema has no implicit timestamps, and these tags are refused at their line
+Loader.yaml_implicit_resolvers = {
+    k: [(tag, regexp) for tag, regexp in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in Loader.yaml_implicit_resolvers.items()
+}
+
+
+def _not_core(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    raise yaml.constructor.ConstructorError(
+        None,
+        None,
+        f"the tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not in YAML 1.2's core schema (use a list, a "
+        "mapping or a quoted string)",
+        node.start_mark,
+    )
+
+
+for _tag in ("set", "binary", "timestamp", "omap", "pairs"):
+    Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _not_core)
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:

@@ -220,3 +220,15 @@ def test_command_line_counts_are_checked_before_any_work(argv: list[str], capsys
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert f"argument {argv[2]}:" in err and ("out of range" in err or "not a whole number" in err), err
+
+
+@pytest.mark.parametrize("text", ["!!set {a, b}", "!!binary aGVsbG8=", "!!timestamp 2024-01-01", "!!omap [{a: 1}]"])
+def test_yaml_11_types_beyond_the_core_schema_are_refused_at_their_line(tmp_path: Path, text: str) -> None:
+    """A set, bytes or a date is no value of a graph file (a set in `pairs:` crashed json.dumps; found by the
+    fuzzing tier's longer run); YAML 1.2's core schema has none of them."""
+    from kdgraph import yaml12
+    from kdgraph.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"g\.yaml:2: .*not in YAML 1\.2's core schema"):
+        yaml12.parse(f"kdgraph: 1\nvars: {{x: {text}}}\n", "g.yaml")
+    assert yaml12.parse("d: 2024-01-01\n", "g.yaml")[0] == {"d": "2024-01-01"}  # a date is a string in 1.2
