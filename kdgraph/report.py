@@ -226,7 +226,11 @@ def table(runs: list[RunResult]) -> list[dict[str, Any]]:
             )
     if not rows:
         unfinished = sum(not r.finished for r in runs)
-        raise ReportError(f"no finished run with evaluations among {len(runs)} run(s) ({unfinished} unfinished)")
+        shown = ", ".join(str(r.dir) for r in runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        raise ReportError(
+            f"{shown}: no finished run with evaluations among {len(runs)} run(s) ({unfinished} unfinished; "
+            "a run reports once its metrics.jsonl holds an evaluation)"
+        )
     return rows
 
 

@@ -154,7 +154,8 @@ def test_bad_directories_are_one_clear_line(tmp_path: Path, capsys: pytest.Captu
     assert "no run directory" in capsys.readouterr().err
     write_run(tmp_path / "busy", [], curve([50]), finished=False)
     assert main(["report", str(tmp_path / "busy")]) == 2
-    assert "no finished run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"{tmp_path / 'busy'}: no finished run"), err  # the run named first, as every error
 
 
 def test_plot_draws_a_band_over_seeds(tmp_path: Path) -> None:
