@@ -132,6 +132,17 @@ def _refuse(path: Path, place: str, problem: str, line: int | None = None, fix: 
     return RunError(f"{where}: {subject}{problem}; not a file kdgraph wrote{fix}")
 
 
+def _json_mapping(path: Path, within: Path, fix: str) -> dict[str, Any]:
+    """A run file's JSON object, read bounded within its folder; RunError naming the file otherwise."""
+    try:
+        data = read_json(path, RUN_FILE, within=within)
+    except RunError as e:
+        raise RunError(f"{e}{fix}") from None
+    if not isinstance(data, dict):
+        raise _refuse(path, "", f"the file is {_type_name(data)}, not a mapping", fix=fix)
+    return data
+
+
 # ----------------------------------------------------------------------------- run.json
 
 
@@ -154,12 +165,7 @@ def read_run_info(run_dir: Path, fix: str = "", missing_ok: bool = False) -> Run
     path = run_dir / "run.json"
     if missing_ok and not path.exists() and not path.is_symlink():
         return RunInfo(path)
-    try:
-        info = read_json(path, RUN_FILE, within=run_dir)
-    except RunError as e:
-        raise RunError(f"{e}{fix}") from None
-    if not isinstance(info, dict):
-        raise _refuse(path, "", f"the file is {_type_name(info)}, not a mapping", fix=fix)
+    info = _json_mapping(path, run_dir, fix)
     bad = mismatch(info, ("obj", RUN_JSON))
     if bad:
         raise _refuse(path, *bad, fix=fix)
@@ -255,12 +261,7 @@ def read_sweep_manifest(
 ) -> dict[str, Any]:
     """sweep.json of `root`, the `required` fields there, every field typed, every run folder a name inside `root`."""
     path = root / "sweep.json"
-    try:
-        data = read_json(path, RUN_FILE, within=root)
-    except RunError as e:
-        raise RunError(f"{e}{fix}") from None
-    if not isinstance(data, dict):
-        raise _refuse(path, "", f"the file is {_type_name(data)}, not a mapping", fix=fix)
+    data = _json_mapping(path, root, fix)
     missing = [k for k in required if k not in data]
     if missing:
         raise _refuse(path, missing[0], "is missing", fix=fix)

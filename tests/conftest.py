@@ -94,6 +94,24 @@ def clean_registries():
             del sys.modules[name]
 
 
+# one MLP with dropout, 4 batches an epoch, a checkpoint every 2 steps: the RNG state matters on resume
+MLP_RUN = """\
+kdgraph: 1
+name: hostile
+data: {dataset: synthetic, size: 32, test_size: 16, image_size: 8, channels: 1, classes: 4, batch_size: 8}
+nodes:
+  student: {net: mlp, hidden: [8], dropout: 0.2}
+edges:
+  - {loss: ce, from: data.label, to: student.logits}
+train:
+  epochs: 2
+  checkpoint_every: 2
+  log_every: 1
+  progress: false
+  eval: [student.logits]
+deploy: student.logits
+"""
+
 # a KD pair of small CNNs on tiny synthetic data: the training runs of the cache and checkpoint tests
 KD_CNN = """\
 kdgraph: 1

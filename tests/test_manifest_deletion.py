@@ -18,24 +18,9 @@ import torch
 
 from kdgraph.cache import cache_root
 
-from .conftest import cli
+from .conftest import MLP_RUN, cli
 
-GRAPH = """\
-kdgraph: 1
-name: owned
-data: {dataset: synthetic, size: 32, test_size: 16, image_size: 8, channels: 1, classes: 4, batch_size: 8}
-nodes:
-  student: {net: mlp, hidden: [8], dropout: 0.2}
-edges:
-  - {loss: ce, from: data.label, to: student.logits}
-train:
-  epochs: 2
-  checkpoint_every: 2
-  log_every: 1
-  progress: false
-  eval: [student.logits]
-deploy: student.logits
-"""
+GRAPH = MLP_RUN.replace("name: hostile", "name: owned")
 
 
 @pytest.fixture(autouse=True)

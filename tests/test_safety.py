@@ -28,26 +28,10 @@ from kdgraph.checkpoint import load_latest
 from kdgraph.errors import CheckpointError, DataError
 from kdgraph.safe_pickle import UnsafePickleError, loads_data
 
-from .conftest import cli
+from .conftest import MLP_RUN, cli
 
 REPO = Path(__file__).resolve().parent.parent
-# 4 batches an epoch, a checkpoint every 2 steps, dropout: the RNG state matters on resume
-GRAPH = """\
-kdgraph: 1
-name: hostile
-data: {dataset: synthetic, size: 32, test_size: 16, image_size: 8, channels: 1, classes: 4, batch_size: 8}
-nodes:
-  student: {net: mlp, hidden: [8], dropout: 0.2}
-edges:
-  - {loss: ce, from: data.label, to: student.logits}
-train:
-  epochs: 2
-  checkpoint_every: 2
-  log_every: 1
-  progress: false
-  eval: [student.logits]
-deploy: student.logits
-"""
+GRAPH = MLP_RUN
 
 
 class Payload:
